@@ -1,0 +1,43 @@
+# The two commands a fresh machine needs: `make demo` and `make test`. Everything they need is
+# installed here: Python packages into .venv, and etcd from Debian's etcd-server when missing.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench gen lint etcd venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# etcd for discovery tests and the demo: Debian's package, never a downloaded binary.
+etcd:
+	@command -v etcd >/dev/null && command -v etcdctl >/dev/null || { \
+	  echo "installing etcd-server from Debian"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server etcd-client >/dev/null; }
+
+gen: $(STAMP)
+	scripts/gen_protos.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check grpcrpc tests bench
+	$(VENV)/bin/mypy
+
+test: $(STAMP) etcd lint
+	$(VENV)/bin/pytest -q
+
+demo: $(STAMP) etcd
+	$(PY) -m grpcrpc.demo
+
+bench: $(STAMP) etcd
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,71 @@
+"""grpcrpc: brokerless RPC — call, cast and fanout over gRPC, discovered through etcd.
+
+>>> from grpcrpc import RPCClient, RPCServer, Target
+"""
+
+from grpcrpc.client import UNSET, AsyncRPCClient, RPCClient
+from grpcrpc.credentials import ClientTLS, ServerTLS
+from grpcrpc.discovery import Endpoint, MemoryDiscovery, StaticResolver
+from grpcrpc.exceptions import (
+    ClientClosed,
+    DeliveryError,
+    GrpcrpcError,
+    InvalidEnvelope,
+    MessageTooLarge,
+    MessagingTimeout,
+    NoEndpoints,
+    NoSuchMethod,
+    Overloaded,
+    RemoteError,
+    SerializationError,
+    ServerError,
+    Unauthorized,
+    UnsupportedVersion,
+    VersionCapError,
+)
+from grpcrpc.fanout import Failed, FanoutReport
+from grpcrpc.serializer import NoOpSerializer, Serializer
+from grpcrpc.server import RPCServer, ServerThread
+from grpcrpc.servicer import Limits
+from grpcrpc.target import Target
+from grpcrpc.transport import AsyncTransport, SyncTransport, TransportOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UNSET",
+    "AsyncRPCClient",
+    "AsyncTransport",
+    "ClientClosed",
+    "ClientTLS",
+    "DeliveryError",
+    "Endpoint",
+    "Failed",
+    "FanoutReport",
+    "GrpcrpcError",
+    "InvalidEnvelope",
+    "Limits",
+    "MemoryDiscovery",
+    "MessageTooLarge",
+    "MessagingTimeout",
+    "NoEndpoints",
+    "NoOpSerializer",
+    "NoSuchMethod",
+    "Overloaded",
+    "RPCClient",
+    "RPCServer",
+    "RemoteError",
+    "SerializationError",
+    "Serializer",
+    "ServerError",
+    "ServerTLS",
+    "ServerThread",
+    "StaticResolver",
+    "SyncTransport",
+    "Target",
+    "TransportOptions",
+    "Unauthorized",
+    "UnsupportedVersion",
+    "VersionCapError",
+    "__version__",
+]

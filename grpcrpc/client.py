@@ -1,0 +1,327 @@
+"""`RPCClient` (blocking) and `AsyncRPCClient` (asyncio): call, cast and fanout.
+
+Both share `_ClientBase`, which holds everything that does no I/O: merging targets in
+`prepare()`, version caps, building envelopes, turning replies into values or exceptions. The
+twins add only the I/O, each over its own transport; there is no event loop behind the sync
+client.
+
+>>> from grpcrpc.discovery import StaticResolver
+>>> client = RPCClient(StaticResolver([]), Target(topic="scheduler"), timeout=5)
+>>> client.prepare(version="1.3").target.version
+'1.3'
+>>> client.can_send_version("2.0")
+True
+>>> client.close()
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Any, Self, TypeVar
+
+from grpcrpc import envelope as ev
+from grpcrpc.discovery.base import Resolver
+from grpcrpc.exceptions import InvalidEnvelope, SerializationError, VersionCapError
+from grpcrpc.fanout import FanoutReport
+from grpcrpc.serializer import NoOpSerializer, Serializer
+from grpcrpc.target import Target, parse_version, version_is_compatible
+from grpcrpc.transport.aio import AsyncTransport
+from grpcrpc.transport.base import TransportOptions
+from grpcrpc.transport.sync import SyncTransport
+
+__all__ = ["UNSET", "AsyncRPCClient", "RPCClient", "Unset"]
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class Unset(enum.Enum):
+    """The type of `UNSET`: "not given", as distinct from None (which means "no value")."""
+
+    UNSET = "UNSET"
+
+
+UNSET = Unset.UNSET
+T = TypeVar("T")
+_Transport = TypeVar("_Transport", SyncTransport, AsyncTransport)
+
+
+def _pick(value: T | Unset, current: T) -> T:
+    return current if value is UNSET else value
+
+
+class _ClientBase:
+    """The I/O-free half of a client (shared by both twins)."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        timeout: float | None,
+        version_cap: str | None,
+        serializer: Serializer | None,
+        retry: int | None,
+        allowed_remote_exmods: Iterable[str],
+    ) -> None:
+        if not target.topic:
+            raise ValueError("a client target needs a topic")
+        if version_cap is not None:
+            parse_version(version_cap)
+        if target.version is not None:
+            parse_version(target.version)
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive (or None for no timeout)")
+        self.target = target
+        self.timeout = timeout
+        self.version_cap = version_cap
+        self.serializer = serializer or NoOpSerializer()
+        self.retry = retry
+        self.allowed_remote_exmods = frozenset(allowed_remote_exmods)
+
+    def _copy(self, **changes: Any) -> Self:
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
+    def prepare(
+        self,
+        *,
+        exchange: str | None | Unset = UNSET,
+        topic: str | None | Unset = UNSET,
+        namespace: str | None | Unset = UNSET,
+        version: str | None | Unset = UNSET,
+        server: str | None | Unset = UNSET,
+        fanout: bool | Unset = UNSET,
+        az: str | None | Unset = UNSET,
+        timeout: float | None | Unset = UNSET,
+        version_cap: str | None | Unset = UNSET,
+        retry: int | None | Unset = UNSET,
+    ) -> Self:
+        """A new client with some settings changed; this one is left as it is.
+
+        Only what is given changes: `prepare(timeout=None)` removes the timeout, while
+        `prepare()` keeps it.
+        """
+        t = self.target
+        target = Target(
+            exchange=_pick(exchange, t.exchange),
+            topic=_pick(topic, t.topic),
+            namespace=_pick(namespace, t.namespace),
+            version=_pick(version, t.version),
+            server=_pick(server, t.server),
+            fanout=_pick(fanout, t.fanout),
+            az=_pick(az, t.az),
+        )
+        if not target.topic:
+            raise ValueError("a client target needs a topic")
+        if target.version is not None:
+            parse_version(target.version)
+        new_timeout = _pick(timeout, self.timeout)
+        if new_timeout is not None and new_timeout <= 0:
+            raise ValueError("timeout must be positive (or None for no timeout)")
+        new_cap = _pick(version_cap, self.version_cap)
+        if new_cap is not None:
+            parse_version(new_cap)
+        return self._copy(
+            target=target, timeout=new_timeout, version_cap=new_cap, retry=_pick(retry, self.retry)
+        )
+
+    def can_send_version(self, version: str | None | Unset = UNSET) -> bool:
+        """Whether the version cap allows sending `version` (default: the target's)."""
+        v = self.target.version if version is UNSET else version
+        if self.version_cap is None:
+            return True
+        return version_is_compatible(self.version_cap, v)
+
+    def _envelope(
+        self, ctxt: Any, method: str, kwargs: dict[str, Any], *, cast: bool, msg_id: str,
+        exchange: str,
+    ) -> bytes:
+        if not method or not isinstance(method, str):
+            raise ValueError("method must be a non-empty string")
+        if not self.can_send_version():
+            raise VersionCapError(
+                f"version {self.target.version} of {method} is above the cap {self.version_cap}"
+            )
+        s = self.serializer
+        args = {k: s.serialize_entity(ctxt, v) for k, v in kwargs.items()}
+        try:
+            context = s.serialize_context(ctxt)
+        except TypeError as err:
+            raise SerializationError(str(err)) from None
+        env = ev.build_envelope(
+            msg_id,
+            self.target,
+            method,
+            ev.encode_json(args),
+            ev.encode_json(context),
+            cast=cast,
+            fanout=self.target.fanout,
+            timeout_ms=0 if self.timeout is None else int(self.timeout * 1000),
+            exchange=exchange,
+        )
+        return env.SerializeToString()
+
+    def _result(self, ctxt: Any, method: str, reply: ev.Reply) -> Any:
+        kind = reply.WhichOneof("outcome")
+        if kind == "result":
+            payload = reply.result
+            if payload.WhichOneof("body") == "message":
+                raise InvalidEnvelope(f"{method}: a typed result needs a typed client")
+            return self.serializer.deserialize_entity(ctxt, ev.decode_json(payload.json, "result"))
+        if kind == "failure":
+            raise ev.exception_from_failure(
+                reply.failure, method, self.target.version or "", self.allowed_remote_exmods
+            )
+        if kind == "accepted":
+            return None
+        raise InvalidEnvelope(f"{method}: the server's reply carries no outcome")
+
+    def _what(self, method: str) -> str:
+        return f"{self.target.topic}.{method}"
+
+
+def _transport_for(
+    resolver_or_transport: Resolver | _Transport, cls: type[_Transport],
+    options: TransportOptions | None,
+) -> tuple[_Transport, bool]:
+    if isinstance(resolver_or_transport, cls):
+        if options is not None:
+            raise ValueError("pass transport options to the transport, not to the client")
+        return resolver_or_transport, False
+    if isinstance(resolver_or_transport, Resolver):
+        return cls(resolver_or_transport, options), True
+    raise TypeError(f"expected a Resolver or a {cls.__name__}, got {type(resolver_or_transport)}")
+
+
+class RPCClient(_ClientBase):
+    """A blocking client: `call` waits for the answer, `cast` for the server's acceptance.
+
+    Give it a `Resolver` (it then owns a `SyncTransport`) or a transport shared between clients.
+    Thread-safe: one client serves any number of threads.
+
+    >>> from grpcrpc.discovery import StaticResolver
+    >>> client = RPCClient(StaticResolver([]), Target(topic="scheduler"))
+    >>> # client.call({}, "select_destinations", spec={"vcpus": 2})
+    >>> client.close()
+    """
+
+    def __init__(
+        self,
+        transport: Resolver | SyncTransport,
+        target: Target,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        version_cap: str | None = None,
+        serializer: Serializer | None = None,
+        retry: int | None = None,
+        allowed_remote_exmods: Iterable[str] = (),
+        options: TransportOptions | None = None,
+    ) -> None:
+        super().__init__(
+            target, timeout=timeout, version_cap=version_cap, serializer=serializer,
+            retry=retry, allowed_remote_exmods=allowed_remote_exmods,
+        )
+        self.transport, self._owns_transport = _transport_for(transport, SyncTransport, options)
+        self._new_id = ev.id_factory()
+
+    def call(self, ctxt: Any, method: str, **kwargs: Any) -> Any:
+        """Invoke `method` on one server of the target and return its result.
+
+        Raises `MessagingTimeout` at the timeout, `RemoteError` (or the remote type, when its
+        module is allowed) if the endpoint raised, or another `GrpcrpcError`.
+        """
+        t = self.transport
+        data = self._envelope(ctxt, method, kwargs, cast=False, msg_id=self._new_id(),
+                              exchange=t.options.exchange)
+        reply = t.request(self.target, data, self.timeout, self._what(method))
+        return self._result(ctxt, method, reply)
+
+    def cast(self, ctxt: Any, method: str, **kwargs: Any) -> FanoutReport | None:
+        """Send `method` one-way: returns once a server has accepted it (None), or, with
+        `fanout=True`, once every server of the topic was tried (a `FanoutReport`)."""
+        t = self.transport
+        data = self._envelope(ctxt, method, kwargs, cast=True, msg_id=self._new_id(),
+                              exchange=t.options.exchange)
+        if self.target.fanout:
+            endpoints = t.fanout_targets(self.target)
+            return t.fanout(endpoints, data, self.timeout, self._what(method))
+        reply = t.request(self.target, data, self.timeout, self._what(method))
+        self._result(ctxt, method, reply)
+        return None
+
+    def close(self) -> None:
+        """Close the transport if this client created it."""
+        if self._owns_transport:
+            self.transport.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncRPCClient(_ClientBase):
+    """The asyncio twin of `RPCClient`: the same API, with `await`.
+
+    >>> import asyncio
+    >>> from grpcrpc.discovery import StaticResolver
+    >>> async def main():
+    ...     client = AsyncRPCClient(StaticResolver([]), Target(topic="scheduler"))
+    ...     # await client.call({}, "select_destinations", spec={"vcpus": 2})
+    ...     await client.close()
+    >>> asyncio.run(main())
+    """
+
+    def __init__(
+        self,
+        transport: Resolver | AsyncTransport,
+        target: Target,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        version_cap: str | None = None,
+        serializer: Serializer | None = None,
+        retry: int | None = None,
+        allowed_remote_exmods: Iterable[str] = (),
+        options: TransportOptions | None = None,
+    ) -> None:
+        super().__init__(
+            target, timeout=timeout, version_cap=version_cap, serializer=serializer,
+            retry=retry, allowed_remote_exmods=allowed_remote_exmods,
+        )
+        self.transport, self._owns_transport = _transport_for(transport, AsyncTransport, options)
+        self._new_id = ev.id_factory()
+
+    async def call(self, ctxt: Any, method: str, **kwargs: Any) -> Any:
+        """Invoke `method` on one server of the target and return its result."""
+        t = self.transport
+        msg_id = self._new_id()
+        data = self._envelope(ctxt, method, kwargs, cast=False, msg_id=msg_id,
+                              exchange=t.options.exchange)
+        reply = await t.request(self.target, msg_id, data, self.timeout, self._what(method))
+        return self._result(ctxt, method, reply)
+
+    async def cast(self, ctxt: Any, method: str, **kwargs: Any) -> FanoutReport | None:
+        """Send `method` one-way (see `RPCClient.cast`)."""
+        t = self.transport
+        msg_id = self._new_id()
+        data = self._envelope(ctxt, method, kwargs, cast=True, msg_id=msg_id,
+                              exchange=t.options.exchange)
+        if self.target.fanout:
+            endpoints = t.fanout_targets(self.target)
+            return await t.fanout(endpoints, msg_id, data, self.timeout, self._what(method))
+        reply = await t.request(self.target, msg_id, data, self.timeout, self._what(method))
+        self._result(ctxt, method, reply)
+        return None
+
+    async def close(self) -> None:
+        if self._owns_transport:
+            await self.transport.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,262 @@
+"""Building and reading envelopes and replies: pure functions, shared by clients and servers.
+
+Nothing here does I/O. Clients build an `Envelope`, servers validate it and build a `Reply`,
+clients turn the reply into a value or an exception.
+
+>>> env = build_envelope("id1", Target(topic="scheduler"), "ping", encode_json({}), b"{}")
+>>> parse_envelope(env.SerializeToString()).method
+'ping'
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import os
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from grpcrpc import exceptions as exc
+from grpcrpc.generated.v1 import envelope_pb2 as pb
+from grpcrpc.target import Target, parse_version
+
+__all__ = [
+    "Envelope",
+    "ErrorCode",
+    "Failure",
+    "FanoutReport",
+    "Payload",
+    "Reply",
+    "build_envelope",
+    "decode_json",
+    "encode_json",
+    "exception_from_failure",
+    "failure_from_exception",
+    "id_factory",
+    "parse_envelope",
+    "parse_reply",
+    "reply_failure",
+    "validate_envelope",
+]
+
+Envelope = pb.Envelope
+Reply = pb.Reply
+Payload = pb.Payload
+Failure = pb.Failure
+FanoutReport = pb.FanoutReport
+ErrorCode = pb.ErrorCode
+
+# Limits on fields a peer controls (the whole message is bounded by the gRPC max size).
+MAX_NAME = 255
+MAX_HEADERS = 64
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def id_factory() -> Callable[[], str]:
+    """Cheap unique message ids: a random per-client prefix and a counter.
+
+    >>> new_id = id_factory()
+    >>> new_id() != new_id()
+    True
+    """
+    prefix = os.urandom(6).hex()
+    counter = itertools.count(1)
+    return lambda: f"{prefix}-{next(counter):x}"
+
+
+def encode_json(value: Any) -> bytes:
+    """JSON bytes, or `SerializationError` naming what could not be encoded."""
+    try:
+        return _dumps(value).encode()
+    except (TypeError, ValueError, RecursionError) as err:
+        raise exc.SerializationError(f"value is not JSON-serialisable: {err}") from None
+
+
+def decode_json(data: bytes, what: str = "payload") -> Any:
+    try:
+        return json.loads(data) if data else None
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise exc.InvalidEnvelope(f"{what} is not valid JSON: {err}") from None
+
+
+def build_envelope(
+    msg_id: str,
+    target: Target,
+    method: str,
+    args_json: bytes,
+    context_json: bytes,
+    *,
+    cast: bool = False,
+    fanout: bool = False,
+    headers: Mapping[str, str] | None = None,
+    timeout_ms: int = 0,
+    exchange: str = "",
+    az: str = "",
+) -> pb.Envelope:
+    """An envelope ready to send. `exchange`/`az` fill in what the target leaves unset."""
+    env = pb.Envelope(
+        id=msg_id,
+        target=pb.Target(
+            exchange=target.exchange or exchange,
+            topic=target.topic or "",
+            server=target.server or "",
+            namespace=target.namespace or "",
+            version=target.version or "",
+            az=target.az or az,
+        ),
+        method=method,
+        args=pb.Payload(json=args_json),
+        cast=cast,
+        fanout=fanout,
+        context=context_json,
+        timeout_ms=max(0, min(timeout_ms, 2**32 - 1)),
+    )
+    if headers:
+        env.headers.update(headers)
+    return env
+
+
+def parse_envelope(data: bytes) -> pb.Envelope:
+    """Bytes from the wire → a validated envelope, or `InvalidEnvelope` saying what is wrong."""
+    try:
+        env = pb.Envelope.FromString(data)
+    except (DecodeError, RuntimeError, ValueError) as err:
+        raise exc.InvalidEnvelope(f"not a grpcrpc envelope: {err}") from None
+    validate_envelope(env)
+    return env
+
+
+def validate_envelope(env: pb.Envelope) -> None:
+    if not env.id:
+        raise exc.InvalidEnvelope("envelope has no id")
+    if len(env.id) > MAX_NAME:
+        raise exc.InvalidEnvelope("envelope id too long")
+    if env.cancel:
+        return
+    if not env.method:
+        raise exc.InvalidEnvelope("envelope has no method")
+    if not env.HasField("target") or not env.target.topic:
+        raise exc.InvalidEnvelope("envelope has no target topic")
+    if len(env.method) > MAX_NAME or len(env.target.topic) > MAX_NAME:
+        raise exc.InvalidEnvelope("envelope method or topic too long")
+    if len(env.headers) > MAX_HEADERS:
+        raise exc.InvalidEnvelope(f"envelope has more than {MAX_HEADERS} headers")
+    try:
+        parse_version(env.target.version)
+    except ValueError as err:
+        raise exc.InvalidEnvelope(str(err)) from None
+
+
+def parse_reply(data: bytes) -> pb.Reply:
+    try:
+        return pb.Reply.FromString(data)
+    except (DecodeError, RuntimeError, ValueError) as err:
+        raise exc.InvalidEnvelope(f"not a grpcrpc reply: {err}") from None
+
+
+# --- failures -------------------------------------------------------------------------------
+
+_CODE_FOR: dict[type[BaseException], int] = {
+    exc.NoSuchMethod: pb.NO_SUCH_METHOD,
+    exc.UnsupportedVersion: pb.UNSUPPORTED_VERSION,
+    exc.InvalidEnvelope: pb.INVALID_ENVELOPE,
+    exc.Overloaded: pb.OVERLOADED,
+    exc.Unauthorized: pb.UNAUTHORIZED,
+    exc.SerializationError: pb.SERIALIZATION,
+}
+
+
+def reply_failure(msg_id: str, code: int, message: str) -> pb.Reply:
+    """A reply carrying one of grpcrpc's own errors."""
+    return pb.Reply(id=msg_id, failure=pb.Failure(code=code, message=message))  # type: ignore[arg-type]
+
+
+def failure_from_exception(
+    error: BaseException, *, with_traceback: bool = True
+) -> pb.Failure:
+    """Describe an exception raised by an endpoint (or by grpcrpc while dispatching)."""
+    code = _CODE_FOR.get(type(error), pb.REMOTE)
+    cls = type(error)
+    try:
+        args_json = _dumps(list(error.args)).encode()
+    except (TypeError, ValueError, RecursionError):
+        args_json = b""
+    tb: Iterable[str] = ()
+    if with_traceback and code == pb.REMOTE:
+        tb = traceback.format_exception(cls, error, error.__traceback__)
+    return pb.Failure(
+        code=code,  # type: ignore[arg-type]
+        exc_type=cls.__name__,
+        module=cls.__module__,
+        message=str(error),
+        traceback=[line.rstrip("\n") for line in tb],
+        args_json=args_json,
+    )
+
+
+def _rebuild(failure: pb.Failure, allowed: frozenset[str]) -> BaseException | None:
+    """The remote exception as its own type, when its module is allowed and it is safe."""
+    if failure.module not in allowed:
+        return None
+    try:
+        module = importlib.import_module(failure.module)
+    except ImportError:
+        return None
+    cls = getattr(module, failure.exc_type, None)
+    # Only Exception subclasses: never SystemExit, KeyboardInterrupt or a non-exception.
+    if not isinstance(cls, type) or not issubclass(cls, Exception):
+        return None
+    args = decode_json(failure.args_json) if failure.args_json else [failure.message]
+    if not isinstance(args, list):
+        return None
+    try:
+        error = cls(*args)
+    except Exception:  # a constructor that wants other arguments: fall back to RemoteError
+        return None
+    try:
+        error.remote_traceback = list(failure.traceback)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        pass
+    return error
+
+
+_BUILTIN_MODULES = frozenset({"builtins"})
+
+
+def exception_from_failure(
+    failure: pb.Failure, method: str, version: str, allowed_exmods: frozenset[str]
+) -> BaseException:
+    """The exception a caller sees for a failed reply.
+
+    grpcrpc's own codes map to their named errors; a remote exception whose module is allowed
+    (builtins always are, as in oslo.messaging) is re-raised as its own type; anything else is a
+    `RemoteError` with the remote type, message and traceback.
+    """
+    code = failure.code
+    if code == pb.REMOTE:
+        rebuilt = _rebuild(failure, allowed_exmods | _BUILTIN_MODULES)
+        if rebuilt is not None:
+            return rebuilt
+        return exc.RemoteError(failure.exc_type, failure.message, failure.traceback)
+    if code == pb.NO_SUCH_METHOD:
+        return exc.NoSuchMethod(method)
+    if code == pb.UNSUPPORTED_VERSION:
+        return exc.UnsupportedVersion(version or "1.0", method)
+    if code == pb.OVERLOADED:
+        return exc.Overloaded(failure.message or "server overloaded")
+    if code == pb.UNAUTHORIZED:
+        return exc.Unauthorized("not authorized")
+    if code == pb.INVALID_ENVELOPE:
+        return exc.InvalidEnvelope(failure.message)
+    if code == pb.EXPIRED:
+        return exc.MessagingTimeout(f"{method}: deadline passed before the server could run it")
+    if code == pb.SERIALIZATION:
+        return exc.SerializationError(failure.message)
+    if code == pb.STOPPING:
+        return exc.DeliveryError(f"{method}: server is stopping")
+    return exc.RemoteError("UnknownError", f"unknown failure code {code}: {failure.message}")

@@ -1,0 +1,313 @@
+"""`RPCServer`: serves endpoints for a target over gRPC, announced through a registry.
+
+The server is asyncio (`grpc.aio`); coroutine endpoints run on its loop, plain functions in a
+bounded thread pool, so one server serves both kinds. Blocking programs run it with
+`ServerThread`, which gives it a loop of its own.
+
+>>> import asyncio
+>>> class Ping:
+...     def ping(self, ctxt, value):
+...         return value
+>>> async def main():
+...     server = RPCServer(Target(topic="demo", server="host1"), [Ping()])
+...     await server.start()
+...     print(server.endpoint.topic)
+...     await server.stop()
+>>> asyncio.run(main())
+demo
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from grpcrpc.credentials import ServerTLS
+from grpcrpc.discovery.base import DEFAULT_AZ, DEFAULT_EXCHANGE, Endpoint, Registry
+from grpcrpc.dispatcher import Dispatcher
+from grpcrpc.exceptions import ServerError
+from grpcrpc.serializer import NoOpSerializer, Serializer
+from grpcrpc.servicer import EnvelopeServicer, Identity, Limits
+from grpcrpc.target import Target, parse_version
+
+__all__ = ["RPCServer", "ServerThread"]
+
+log = logging.getLogger("grpcrpc.server")
+
+SERVICE_NAME = "grpcrpc.v1.Transport"
+_WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class RPCServer:
+    """Dispatches the messages for `target` (its topic and server name) to `endpoints`.
+
+    Args:
+        target: `topic` is required; `server` defaults to this host's name; `exchange` to
+            "openstack".
+        endpoints: objects whose public methods are callable as `method(ctxt, **kwargs)`;
+            coroutine methods run on the loop, plain ones in the thread pool.
+        registry: where to announce the endpoint (None: announce nowhere, e.g. static tables).
+        host, port: where to bind (port 0: an ephemeral port); `port_range=(lo, hi)` picks a
+            free port in a range instead (firewalled hosts).
+        advertise_host: the host clients should dial, when it differs from the bind host.
+        limits: thread pool, queue and in-flight bounds, and the maximum message size.
+        tls: server certificate (and client CA for mTLS).
+        grace: seconds `stop()` lets in-flight work finish.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        endpoints: Sequence[Any],
+        *,
+        registry: Registry | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        port_range: tuple[int, int] | None = None,
+        advertise_host: str | None = None,
+        az: str = DEFAULT_AZ,
+        limits: Limits | None = None,
+        tls: ServerTLS | None = None,
+        serializer: Serializer | None = None,
+        grace: float = 5.0,
+        instance: str | None = None,
+        weight: int = 100,
+        send_tracebacks: bool = True,
+    ) -> None:
+        if not target.topic:
+            raise ValueError("a server target needs a topic")
+        if target.version is not None:
+            parse_version(target.version)
+        if port_range is not None and not 0 < port_range[0] <= port_range[1] < 65536:
+            raise ValueError(f"invalid port_range {port_range}")
+        self.target = target.replace(
+            server=target.server or socket.gethostname(),
+            exchange=target.exchange or DEFAULT_EXCHANGE,
+        )
+        self.registry = registry
+        self.host = host.strip("[]")
+        self.port = port
+        self.port_range = port_range
+        self.advertise_host = advertise_host
+        self.az = az
+        self.limits = limits or Limits()
+        self.tls = tls
+        self.grace = grace
+        self.weight = weight
+        self._instance = instance
+        self._servicer = EnvelopeServicer(
+            Identity(self.target.exchange or "", self.target.topic or "",
+                     self.target.server or "", az),
+            Dispatcher(endpoints, Target(namespace=None, version=None)),
+            serializer or NoOpSerializer(),
+            self.limits,
+            send_tracebacks=send_tracebacks,
+        )
+        self._server: grpc.aio.Server | None = None
+        self._health = HealthServicer()
+        self.endpoint: Endpoint | None = None
+        self._stopped = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind, start serving, and announce the endpoint. Raises `ServerError` if it cannot."""
+        if self._server is not None:
+            raise ServerError("server already started")
+        m = self.limits.max_message_size
+        server = grpc.aio.server(
+            options=[
+                # A bind must fail honestly, not share a port with another process.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", m),
+                ("grpc.max_send_message_length", m),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ],
+        )
+        server.add_generic_rpc_handlers([self._servicer.handlers()])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        port = self._bind(server)
+        await server.start()
+        self._server = server
+        host = self.advertise_host or self._default_advertise_host()
+        self.endpoint = Endpoint(
+            address=_hostport(host, port),
+            topic=self.target.topic or "",
+            server=self.target.server or "",
+            exchange=self.target.exchange or DEFAULT_EXCHANGE,
+            az=self.az,
+            instance=self._instance or f"{os.getpid()}-{port}",
+            version=self.target.version or "",
+            pid=os.getpid(),
+            hostname=socket.gethostname(),
+            started_at=time.time(),
+            tls=self.tls is not None,
+            weight=self.weight,
+        )
+        if self.registry is not None:
+            await asyncio.to_thread(self.registry.announce, self.endpoint)
+        await self._set_health(True)
+        log.info("serving %s/%s as %s at %s", self.target.exchange, self.target.topic,
+                 self.target.server, self.endpoint.address)
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        creds = self.tls.credentials() if self.tls else None
+
+        def add(port: int) -> int:
+            address = _hostport(self.host or "0.0.0.0", port)
+            try:
+                if creds is not None:
+                    return int(server.add_secure_port(address, creds))
+                return int(server.add_insecure_port(address))
+            except RuntimeError:
+                return 0
+
+        if self.port_range is None:
+            bound = add(self.port)
+            if not bound:
+                raise ServerError(f"cannot bind {_hostport(self.host, self.port)}")
+            return bound
+        lo, hi = self.port_range
+        ports = list(range(lo, hi + 1))
+        start = random.randrange(len(ports))  # servers on one host spread over the range
+        for port in ports[start:] + ports[:start]:
+            if add(port):
+                return port
+        raise ServerError(f"no free port in range {lo}-{hi} on {self.host}")
+
+    def _default_advertise_host(self) -> str:
+        if self.host not in _WILDCARDS:
+            return self.host
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return socket.getfqdn()
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._health.set("", status)
+        await self._health.set(SERVICE_NAME, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, withdraw from the registry, let in-flight work finish for `grace`
+        seconds (default: the server's), then close. New messages meanwhile are refused with
+        a "stopping" answer that lets callers send them elsewhere."""
+        if self._server is None or self._servicer.stopping:
+            await self._stopped.wait() if self._server is not None else None
+            return
+        grace = self.grace if grace is None else grace
+        deadline = time.monotonic() + grace
+        self._servicer.stopping = True
+        await self._set_health(False)
+        if self.registry is not None and self.endpoint is not None:
+            try:
+                await asyncio.to_thread(self.registry.withdraw, self.endpoint)
+            except Exception:
+                log.warning("could not withdraw %s from the registry", self.endpoint.address,
+                            exc_info=True)
+        drained = await self._servicer.drain(max(0.0, deadline - time.monotonic()))
+        if not drained:
+            log.warning("stopping with %d message(s) still running after %.1fs grace",
+                        self._servicer.busy, grace)
+        await self._servicer.close()
+        await self._server.stop(0.2 if drained else 0)
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        """Return when the server has stopped."""
+        await self._stopped.wait()
+
+    @property
+    def address(self) -> str:
+        """The advertised `host:port` (after `start()`)."""
+        if self.endpoint is None:
+            raise ServerError("server not started")
+        return self.endpoint.address
+
+    async def __aenter__(self) -> RPCServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+class ServerThread:
+    """Runs an `RPCServer` on an event loop in a background thread, for blocking programs.
+
+    >>> class Ping:
+    ...     def ping(self, ctxt):
+    ...         return "pong"
+    >>> with ServerThread(RPCServer(Target(topic="demo", server="h"), [Ping()])) as server:
+    ...     print(server.address.startswith("127.0.0.1:"))
+    True
+    """
+
+    def __init__(self, server: RPCServer) -> None:
+        self.server = server
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the server; returns once it is serving (raises what `start()` raised)."""
+        started: Future[None] = Future()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.server.start())
+            except BaseException as exc:
+                started.set_exception(exc)
+                loop.close()
+                return
+            started.set_result(None)
+            try:
+                loop.run_until_complete(self.server.wait())
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"grpcrpc-server-{self.server.target.topic}",
+                                        daemon=True)
+        self._thread.start()
+        started.result(timeout)
+
+    def stop(self, grace: float | None = None, timeout: float = 60.0) -> None:
+        """Stop the server (see `RPCServer.stop`) and join its thread."""
+        if self._loop is None or self._thread is None or not self._thread.is_alive():
+            return
+        fut = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self._loop)
+        fut.result(timeout)
+        self._thread.join(timeout)
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def __enter__(self) -> ServerThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,351 @@
+"""The generic servicer: every topic and method, read from the envelope, on one gRPC service.
+
+For each envelope: parse and validate it, check it is meant for this server, find the endpoint
+method, admit it (or answer OVERLOADED at once: never a silent drop, never an unbounded queue),
+then run it — coroutines on the loop, plain functions in a bounded thread pool — and reply. A cast
+is answered `accepted` as soon as it is admitted; what its endpoint does is never reported back.
+Bad input of any kind gets a failure reply and the next envelope is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc.aio
+
+from grpcrpc import envelope as ev
+from grpcrpc.dispatcher import Dispatcher, Handler
+from grpcrpc.exceptions import GrpcrpcError, InvalidEnvelope, NoSuchMethod, UnsupportedVersion
+from grpcrpc.serializer import Serializer
+
+__all__ = ["EnvelopeServicer", "Identity", "Limits"]
+
+_Accepted = tuple["ev.Envelope | None", "Handler | None", "ev.Reply | None"]
+
+log = logging.getLogger("grpcrpc.server")
+_OUTCOME = "outcome"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what callers can make a server hold.
+
+    >>> Limits(threads=4, queue=16).sync_capacity
+    20
+    """
+
+    threads: int = 16  # plain-function endpoints running at once
+    queue: int = 256  # plain-function calls waiting for a thread
+    coroutines: int = 1024  # coroutine endpoints running at once
+    stream_in_flight: int = 1024  # calls in flight on one envelope stream
+    max_message_size: int = 4 * 1024 * 1024
+
+    @property
+    def sync_capacity(self) -> int:
+        return self.threads + self.queue
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What a server is, to check that an envelope is meant for it."""
+
+    exchange: str
+    topic: str
+    server: str
+    az: str
+
+
+class _Expired(Exception):
+    """A call's deadline passed while it waited for a thread: nobody waits for its answer."""
+
+
+class EnvelopeServicer:
+    """Handles the `grpcrpc.v1.Transport` methods for one `RPCServer`."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        dispatcher: Dispatcher,
+        serializer: Serializer,
+        limits: Limits,
+        *,
+        send_tracebacks: bool = True,
+    ) -> None:
+        self.identity = identity
+        self.dispatcher = dispatcher
+        self.serializer = serializer
+        self.limits = limits
+        self.send_tracebacks = send_tracebacks
+        self.stopping = False
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=limits.threads, thread_name_prefix=f"grpcrpc-{identity.topic}"
+        )
+        self._sync_active = 0
+        self._async_active = 0
+        self._busy = 0  # envelopes admitted and not finished (calls and casts)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._casts: set[asyncio.Task[None]] = set()
+
+    # -- gRPC method handlers -------------------------------------------------------------
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        # Raw bytes in and out: parsing is ours, so garbage gets a named error reply.
+        return grpc.method_handlers_generic_handler(
+            "grpcrpc.v1.Transport",
+            {
+                "Stream": grpc.stream_stream_rpc_method_handler(self.stream),
+                "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
+            },
+        )
+
+    async def unary(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        env, handler, reply = self._accept(raw)
+        if reply is None:
+            if env is None or handler is None:  # a cancel envelope: nothing to answer
+                return b""
+            reply = await self._run(env, handler)
+        return self._encode(reply)
+
+    async def stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> None:
+        write_lock = asyncio.Lock()
+        calls: dict[str, asyncio.Task[None]] = {}
+
+        async def send(reply: ev.Reply) -> None:
+            data = self._encode(reply)
+            async with write_lock:
+                await context.write(data)
+
+        async def call_and_reply(env: ev.Envelope, handler: Handler) -> None:
+            try:
+                await send(await self._run(env, handler))
+            except asyncio.CancelledError:
+                pass  # the caller cancelled it: it wants no reply
+            except Exception:  # the stream broke under the write: the caller sees that
+                log.debug("could not reply to %s", env.id, exc_info=True)
+            finally:
+                calls.pop(env.id, None)
+
+        loop = asyncio.get_running_loop()
+        try:
+            async for raw in requests:
+                env, handler, reply = self._accept(raw)
+                if reply is None:
+                    assert env is not None
+                    if handler is None:  # a cancel envelope
+                        task = calls.get(env.id)
+                        if task is not None:
+                            task.cancel()
+                        continue
+                    if env.cast:
+                        reply = await self._run(env, handler)
+                    elif env.id in calls:
+                        self._release(handler)
+                        reply = ev.reply_failure(
+                            env.id, ev.ErrorCode.INVALID_ENVELOPE, "duplicate message id in flight"
+                        )
+                    elif len(calls) >= self.limits.stream_in_flight:
+                        self._release(handler)
+                        reply = self._overloaded(env, "stream")
+                    else:
+                        calls[env.id] = loop.create_task(call_and_reply(env, handler))
+                        continue
+                await send(reply)
+        finally:
+            # The caller half-closed (or went away): finish what it is still waiting for.
+            if calls:
+                await asyncio.gather(*calls.values(), return_exceptions=True)
+
+    # -- accepting ------------------------------------------------------------------------
+
+    def _accept(self, raw: bytes) -> _Accepted:
+        """Parse, validate, route and admit one envelope.
+
+        Returns (envelope, handler, None) when it is admitted (the caller must `_run` it, which
+        releases the admission), or (envelope-or-None, None, reply) to send at once.
+        """
+        try:
+            env = ev.Envelope.FromString(raw)
+        except Exception as err:  # DecodeError and friends: not an envelope at all
+            return None, None, ev.reply_failure(
+                "", ev.ErrorCode.INVALID_ENVELOPE, f"not a grpcrpc envelope: {err}"
+            )
+        try:
+            ev.validate_envelope(env)
+        except InvalidEnvelope as err:
+            return env, None, ev.reply_failure(env.id, ev.ErrorCode.INVALID_ENVELOPE, str(err))
+        if env.cancel:
+            return env, None, None
+        if self.stopping:
+            return env, None, ev.reply_failure(env.id, ev.ErrorCode.STOPPING, "server is stopping")
+        misrouted = self._misrouted(env.target)
+        if misrouted:
+            return env, None, ev.reply_failure(env.id, ev.ErrorCode.MISROUTED, misrouted)
+        t = env.target
+        try:
+            handler = self.dispatcher.lookup(t.namespace, t.version, env.method)
+        except NoSuchMethod as err:
+            return env, None, ev.reply_failure(env.id, ev.ErrorCode.NO_SUCH_METHOD, str(err))
+        except UnsupportedVersion as err:
+            return env, None, ev.reply_failure(env.id, ev.ErrorCode.UNSUPPORTED_VERSION, str(err))
+        if handler.is_async:
+            if self._async_active >= self.limits.coroutines:
+                return env, None, self._overloaded(env, "coroutine")
+            self._async_active += 1
+        else:
+            if self._sync_active >= self.limits.sync_capacity:
+                return env, None, self._overloaded(env, "thread pool")
+            self._sync_active += 1
+        self._busy += 1
+        self._idle.clear()
+        return env, handler, None
+
+    def _misrouted(self, t: ev.pb.Target) -> str:
+        me = self.identity
+        if t.topic != me.topic or (t.exchange and t.exchange != me.exchange):
+            return f"this server serves {me.exchange}/{me.topic}, not {t.exchange}/{t.topic}"
+        if t.server and t.server != me.server:
+            return f"this is server {me.server}, not {t.server}"
+        if t.az and t.az != me.az:
+            return f"this server is in az {me.az}, not {t.az}"
+        return ""
+
+    def _overloaded(self, env: ev.Envelope, what: str) -> ev.Reply:
+        log.warning("overloaded: %s full, refusing %s.%s", what, env.target.topic, env.method)
+        return ev.reply_failure(env.id, ev.ErrorCode.OVERLOADED, f"server overloaded ({what} full)")
+
+    # -- running --------------------------------------------------------------------------
+
+    async def _run(self, env: ev.Envelope, handler: Handler) -> ev.Reply:
+        """Run an admitted envelope (releasing its admission); a cast is only started."""
+        try:
+            ctxt, kwargs = self._decode(env)
+        except Exception as err:
+            self._release(handler)
+            return ev.Reply(id=env.id, failure=self._failure(err))
+        deadline = time.monotonic() + env.timeout_ms / 1000 if env.timeout_ms else None
+        if env.cast:
+            task = asyncio.get_running_loop().create_task(
+                self._cast(env, handler, ctxt, kwargs)
+            )
+            self._casts.add(task)
+            task.add_done_callback(self._casts.discard)
+            return ev.Reply(id=env.id, accepted=True)
+        try:
+            result = await self._invoke(handler, ctxt, kwargs, deadline)
+        except _Expired:
+            return ev.reply_failure(env.id, ev.ErrorCode.EXPIRED, "deadline passed while queued")
+        except Exception as err:
+            log.info("%s.%s raised %s: %s", env.target.topic, env.method,
+                     type(err).__name__, err, exc_info=log.isEnabledFor(logging.DEBUG))
+            return ev.Reply(id=env.id, failure=self._failure(err))
+        try:
+            payload = ev.encode_json(self.serializer.serialize_entity(ctxt, result))
+        except Exception as err:
+            return ev.reply_failure(
+                env.id, ev.ErrorCode.SERIALIZATION,
+                f"{env.method} returned a result that cannot be serialised: {err}",
+            )
+        return ev.Reply(id=env.id, result=ev.Payload(json=payload))
+
+    async def _cast(self, env: ev.Envelope, handler: Handler, ctxt: Any, kwargs: dict[str, Any]) -> None:
+        try:
+            await self._invoke(handler, ctxt, kwargs, None)
+        except asyncio.CancelledError:
+            log.warning("cast %s.%s cancelled at shutdown", env.target.topic, env.method)
+        except Exception:
+            # Nobody hears of a cast's failure but the server's log (oslo semantics).
+            log.exception("cast %s.%s failed", env.target.topic, env.method)
+
+    def _decode(self, env: ev.Envelope) -> tuple[Any, dict[str, Any]]:
+        if env.args.WhichOneof("body") == "message":
+            raise InvalidEnvelope(f"{env.method}: a typed payload needs a typed servicer")
+        args = ev.decode_json(env.args.json, "args") if env.args.json else {}
+        if not isinstance(args, dict):
+            raise InvalidEnvelope("args must be a JSON object")
+        raw_ctxt = ev.decode_json(env.context, "context") if env.context else {}
+        if not isinstance(raw_ctxt, dict):
+            raise InvalidEnvelope("context must be a JSON object")
+        ctxt = self.serializer.deserialize_context(raw_ctxt)
+        return ctxt, {k: self.serializer.deserialize_entity(ctxt, v) for k, v in args.items()}
+
+    def _failure(self, err: BaseException) -> ev.Failure:
+        return ev.failure_from_exception(
+            err, with_traceback=self.send_tracebacks and not isinstance(err, GrpcrpcError)
+        )
+
+    async def _invoke(
+        self, handler: Handler, ctxt: Any, kwargs: dict[str, Any], deadline: float | None
+    ) -> Any:
+        if handler.is_async:
+            try:
+                return await handler.func(ctxt, **kwargs)
+            finally:
+                self._release(handler)
+        loop = asyncio.get_running_loop()
+        try:
+            cf = self._executor.submit(_run_sync, handler.func, ctxt, kwargs, deadline)
+        except RuntimeError:  # the pool was shut down under us
+            self._release(handler)
+            raise
+        # Release when the thread is really done, not when an awaiting caller is cancelled:
+        # the thread keeps its slot until the function returns.
+        cf.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, handler))
+        return await asyncio.wrap_future(cf)
+
+    def _release(self, handler: Handler) -> None:
+        if handler.is_async:
+            self._async_active -= 1
+        else:
+            self._sync_active -= 1
+        self._busy -= 1
+        if self._busy == 0:
+            self._idle.set()
+
+    def _encode(self, reply: ev.Reply) -> bytes:
+        data = reply.SerializeToString()
+        if len(data) > self.limits.max_message_size:
+            data = ev.reply_failure(
+                reply.id, ev.ErrorCode.SERIALIZATION,
+                f"reply of {len(data)} bytes exceeds the limit of "
+                f"{self.limits.max_message_size} bytes",
+            ).SerializeToString()
+        return data
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def drain(self, timeout: float | None) -> bool:
+        """Wait until everything admitted has finished; False if `timeout` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        """Cancel what is left (after `drain`) and stop the thread pool."""
+        for task in list(self._casts):
+            task.cancel()
+        await asyncio.gather(*self._casts, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+
+def _run_sync(
+    func: Callable[..., Any], ctxt: Any, kwargs: dict[str, Any], deadline: float | None
+) -> Any:
+    if deadline is not None and time.monotonic() > deadline:
+        raise _Expired()
+    return func(ctxt, **kwargs)

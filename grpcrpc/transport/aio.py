@@ -1,0 +1,306 @@
+"""The asyncio transport: envelope streams over `grpc.aio`, many messages in flight per stream.
+
+Each endpoint gets `streams_per_endpoint` bidirectional streams, opened lazily. A message is
+written to a stream and its reply is matched by message id by the stream's reader task. A stream
+that cannot open fails its message *before* anything was written, so the message goes to another
+endpoint; a stream that breaks after writing fails the messages in flight on it with
+`DeliveryError` (they may have been delivered) and is replaced on the next message.
+
+>>> import asyncio
+>>> from grpcrpc.discovery import StaticResolver
+>>> async def main():
+...     transport = AsyncTransport(StaticResolver([]))
+...     await transport.close()
+>>> asyncio.run(main())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from collections.abc import Sequence
+
+import grpc
+import grpc.aio
+
+from grpcrpc import envelope as ev
+from grpcrpc import fanout
+from grpcrpc._errors import map_rpc_error, never_sent
+from grpcrpc.discovery.base import Endpoint, Resolver
+from grpcrpc.exceptions import ClientClosed, DeliveryError, InvalidEnvelope, MessagingTimeout
+from grpcrpc.target import Target
+from grpcrpc.transport.base import (
+    STREAM_METHOD,
+    Attempts,
+    TransportBase,
+    TransportOptions,
+    channel_options,
+    check_size,
+)
+
+__all__ = ["AsyncTransport"]
+
+
+class _NotSent(Exception):
+    """The stream could not open: nothing was written."""
+
+
+class _Stream:
+    """One envelope stream: serialised writes, replies matched to waiters by message id."""
+
+    def __init__(self, channel: grpc.aio.Channel, address: str, metadata: tuple[tuple[str, str], ...]):
+        self.address = address
+        self._call = channel.stream_stream(STREAM_METHOD)(metadata=metadata or None)
+        self._pending: dict[str, asyncio.Future[ev.Reply]] = {}
+        self._write_lock = asyncio.Lock()
+        self._opened = False
+        self._open_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self.broken = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def _open(self) -> None:
+        async with self._open_lock:
+            if self._opened:
+                return
+            try:
+                await self._call.wait_for_connection()
+            except grpc.RpcError as err:
+                self.broken = True
+                if never_sent(err):
+                    raise _NotSent(err.details() or "") from None
+                raise map_rpc_error(err, f"stream @ {self.address}") from None
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+            self._opened = True
+
+    async def request(self, msg_id: str, data: bytes) -> asyncio.Future[ev.Reply]:
+        """Write one envelope; the future its reply will resolve."""
+        if not self._opened:
+            await self._open()
+        if self.broken:
+            raise _NotSent("stream closed")
+        fut: asyncio.Future[ev.Reply] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = fut
+        try:
+            async with self._write_lock:
+                await self._call.write(data)
+        except (grpc.RpcError, asyncio.InvalidStateError) as err:
+            self._pending.pop(msg_id, None)
+            self.broken = True
+            # The stream died under this write: it may or may not have reached the server.
+            raise DeliveryError(f"stream @ {self.address} failed while sending: {err}") from None
+        return fut
+
+    def forget(self, msg_id: str) -> None:
+        self._pending.pop(msg_id, None)
+
+    async def send_only(self, data: bytes) -> None:
+        """Write a control envelope (cancel) and expect no reply; best effort."""
+        if self.broken or not self._opened:
+            return
+        try:
+            async with self._write_lock:
+                await self._call.write(data)
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            self.broken = True
+
+    async def _read(self) -> None:
+        reason = "stream closed by the server"
+        try:
+            while True:
+                raw = await self._call.read()
+                if raw is grpc.aio.EOF:
+                    break
+                try:
+                    reply = ev.parse_reply(raw)
+                except InvalidEnvelope:
+                    continue  # one garbled reply must not take the others down
+                fut = self._pending.pop(reply.id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(reply)
+        except grpc.RpcError as err:
+            reason = str(map_rpc_error(err, f"stream @ {self.address}"))
+        except asyncio.CancelledError:
+            reason = "client closed"
+        finally:
+            self.broken = True
+            pending, self._pending = self._pending, {}
+            for fut in pending.values():
+                if not fut.done():
+                    fut.set_exception(DeliveryError(
+                        f"{reason}; the message may or may not have been delivered"
+                    ))
+
+    async def close(self) -> None:
+        self.broken = True
+        self._call.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class _Conn:
+    def __init__(self, channel: grpc.aio.Channel, address: str, n: int, metadata: tuple[tuple[str, str], ...]):
+        self.channel = channel
+        self.address = address
+        self._metadata = metadata
+        self._streams: list[_Stream | None] = [None] * max(1, n)
+        self._next = itertools.count()
+
+    def stream(self) -> _Stream:
+        i = next(self._next) % len(self._streams)
+        s = self._streams[i]
+        if s is None or s.broken:
+            s = self._streams[i] = _Stream(self.channel, self.address, self._metadata)
+        return s
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self._streams if s is not None))
+        await self.channel.close()
+
+
+class AsyncTransport(TransportBase):
+    """Connections from an asyncio process to every endpoint its resolver knows.
+
+    Create it inside the event loop that will use it.
+    """
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        options: TransportOptions | None = None,
+        *,
+        owns_resolver: bool = False,
+    ) -> None:
+        super().__init__(resolver, options, owns_resolver=owns_resolver)
+        self._loop = asyncio.get_running_loop()
+        self._conns: collections.OrderedDict[str, _Conn] = collections.OrderedDict()
+        self._retiring: dict[str, _Conn] = {}
+        self._creds = self.options.tls.credentials() if self.options.tls else None
+        self._channel_options = channel_options(self.options)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _conn(self, address: str) -> _Conn:
+        conn = self._conns.get(address)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise ClientClosed("the transport is closed")
+        if self._creds is not None:
+            channel = grpc.aio.secure_channel(address, self._creds, self._channel_options)
+        else:
+            channel = grpc.aio.insecure_channel(address, self._channel_options)
+        conn = self._conns[address] = _Conn(
+            channel, address, self.options.streams_per_endpoint, self.options.metadata
+        )
+        excess = len(self._conns) - self.options.max_channels
+        for other in list(self._conns):
+            if excess <= 0:
+                break
+            if self.balancer.outstanding(other) == 0 and other != address:
+                self._spawn(self._conns.pop(other).close())
+                excess -= 1
+        return conn
+
+    def _spawn(self, coro: object) -> None:
+        task = self._loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _retire(self, address: str) -> None:
+        # Called from the resolver's thread: hand over to the loop.
+        try:
+            self._loop.call_soon_threadsafe(self._retire_on_loop, address)
+        except RuntimeError:  # the loop is closed: nothing left to close
+            pass
+
+    def _retire_on_loop(self, address: str) -> None:
+        conn = self._conns.pop(address, None)
+        if conn is None:
+            return
+        if self.balancer.outstanding(address) == 0:
+            self._spawn(conn.close())
+        else:
+            self._retiring[address] = conn
+
+    def _done(self, address: str) -> None:
+        self.balancer.end(address)
+        if self._retiring and address in self._retiring and not self.balancer.outstanding(address):
+            self._spawn(self._retiring.pop(address).close())
+
+    async def request(
+        self, target: Target, msg_id: str, data: bytes, timeout: float | None, what: str
+    ) -> ev.Reply:
+        """Send one envelope to one endpoint of `target`; the server's reply."""
+        check_size(data, self.options, what)
+        attempts = Attempts(self, target, timeout)
+        while True:
+            endpoint = attempts.next_endpoint()
+            address = endpoint.address
+            stream = self._conn(address).stream()
+            self.balancer.begin(address)
+            try:
+                try:
+                    fut = await stream.request(msg_id, data)
+                except _NotSent as err:
+                    attempts.never_sent(endpoint, str(err))
+                    continue
+                try:
+                    async with asyncio.timeout(attempts.remaining()):
+                        reply = await fut
+                except TimeoutError:
+                    stream.forget(msg_id)
+                    raise MessagingTimeout(f"{what} @ {address}: timed out") from None
+                except asyncio.CancelledError:
+                    # The caller gave up: tell the server, so it can drop the work.
+                    stream.forget(msg_id)
+                    cancel = ev.Envelope(id=msg_id, cancel=True).SerializeToString()
+                    self._spawn(stream.send_only(cancel))
+                    raise
+            finally:
+                self._done(address)
+            if attempts.accepted(endpoint, reply):
+                return reply
+
+    async def fanout(
+        self, endpoints: Sequence[Endpoint], msg_id: str, data: bytes, timeout: float | None,
+        what: str,
+    ) -> fanout.FanoutReport:
+        """Send one cast envelope to every endpoint at once; who accepted it."""
+        check_size(data, self.options, what)
+
+        async def one(endpoint: Endpoint) -> fanout.Failed | None:
+            address = endpoint.address
+            stream = self._conn(address).stream()
+            self.balancer.begin(address)
+            try:
+                async with asyncio.timeout(timeout):
+                    reply = await (await stream.request(msg_id, data))
+                return fanout.failed_for(address, endpoint.server, reply)
+            except TimeoutError:
+                stream.forget(msg_id)
+                return fanout.Failed(address, endpoint.server, "timed out")
+            except (_NotSent, DeliveryError, grpc.RpcError) as err:
+                return fanout.Failed(address, endpoint.server, f"{type(err).__name__}: {err}")
+            finally:
+                self._done(address)
+
+        results = await asyncio.gather(*(one(e) for e in endpoints))
+        return fanout.report(len(endpoints), [f for f in results if f is not None])
+
+    async def close(self) -> None:
+        """Close every stream and channel (messages in flight fail with `DeliveryError`)."""
+        if self._closed:
+            return
+        conns = list(self._conns.values()) + list(self._retiring.values())
+        self._conns.clear()
+        self._retiring.clear()
+        self._close_base()
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,221 @@
+"""What the sync and asyncio transports share: options, channel settings, routing decisions.
+
+A transport owns the connections of one process to the servers its resolver knows: it picks an
+endpoint for each message, sends it, and tells the client what came back. It retries a message
+on another endpoint only when the message provably never left (the connection could not open, or
+the server answered that it did not accept it because it is stopping or is not the server named):
+that is the only way to never deliver anything twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpcrpc import envelope as ev
+from grpcrpc.balancer import Balancer, Policy
+from grpcrpc.credentials import ClientTLS
+from grpcrpc.discovery.base import DEFAULT_AZ, DEFAULT_EXCHANGE, Endpoint, Resolver, RoutingTable
+from grpcrpc.exceptions import MessageTooLarge, MessagingTimeout, NoEndpoints
+from grpcrpc.target import Target
+
+__all__ = [
+    "STREAM_METHOD",
+    "Attempts",
+    "UNARY_METHOD",
+    "TransportBase",
+    "TransportOptions",
+    "channel_options",
+    "check_size",
+]
+
+STREAM_METHOD = "/grpcrpc.v1.Transport/Stream"
+UNARY_METHOD = "/grpcrpc.v1.Transport/Unary"
+
+DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
+
+# Replies that mean "this server did not accept the message": safe to send it elsewhere.
+NOT_ACCEPTED = frozenset({ev.ErrorCode.STOPPING, ev.ErrorCode.MISROUTED})
+
+@dataclass(frozen=True, slots=True)
+class TransportOptions:
+    """Settings of a client transport.
+
+    >>> TransportOptions(az="az1", fallback_azs=("az2",)).balancer
+    'p2c'
+    """
+
+    az: str = DEFAULT_AZ
+    fallback_azs: tuple[str, ...] = ()
+    exchange: str = DEFAULT_EXCHANGE
+    balancer: Policy = "p2c"
+    max_message_size: int = DEFAULT_MAX_MESSAGE
+    tls: ClientTLS | None = None
+    # Endpoints tried for one message when connections fail before it is sent.
+    connect_attempts: int = 3
+    max_channels: int = 1024
+    # Envelope streams per endpoint (asyncio transport): more streams, more parallel HTTP/2 flow.
+    streams_per_endpoint: int = 1
+    keepalive_ms: int = 20_000
+    metadata: tuple[tuple[str, str], ...] = field(default=())
+
+def channel_options(opts: TransportOptions) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", opts.max_message_size),
+        ("grpc.max_receive_message_length", opts.max_message_size),
+        # Notice a dead server on an idle connection without waiting for etcd's lease.
+        ("grpc.keepalive_time_ms", opts.keepalive_ms),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Reconnect quickly after a server restart; our own ejection spaces out retries.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
+        ("grpc.enable_retries", 0),
+    ]
+
+class TransportBase:
+    """Routing shared by both transports: candidates, choice, connection retirement."""
+
+    def __init__(
+        self, resolver: Resolver, options: TransportOptions | None = None, *, owns_resolver: bool
+    ) -> None:
+        self.resolver = resolver
+        self.options = options or TransportOptions()
+        self.balancer = Balancer(self.options.balancer)
+        self._owns_resolver = owns_resolver
+        self._lock = threading.Lock()
+        self._closed = False
+        self._known: set[str] = {e.address for e in resolver.table.endpoints}
+        self._unsubscribe = resolver.subscribe(self._on_table)
+
+    # -- routing --------------------------------------------------------------------------
+
+    def candidates(self, target: Target) -> tuple[Endpoint, ...]:
+        if not target.topic:
+            raise NoEndpoints("the target has no topic")
+        o = self.options
+        return self.resolver.table.candidates(
+            topic=target.topic,
+            exchange=target.exchange or o.exchange,
+            own_az=o.az,
+            server=target.server,
+            az=target.az,
+            fallback_azs=o.fallback_azs,
+        )
+
+    def choose(self, target: Target, tried: frozenset[str]) -> Endpoint:
+        """An endpoint for the target not yet `tried`; `NoEndpoints` if there is none."""
+        candidates = self.candidates(target)
+        if not candidates:
+            raise NoEndpoints(_describe(target, self.options))
+        left = [e for e in candidates if e.address not in tried]
+        if not left:
+            raise NoEndpoints(
+                f"{_describe(target, self.options)}: could not connect to any of "
+                f"{len(candidates)} endpoint(s)"
+            )
+        return self.balancer.pick(left)
+
+    def fanout_targets(self, target: Target) -> Sequence[Endpoint]:
+        """Every endpoint of the topic (in the first AZ that has any), for a client-side fanout."""
+        return self.candidates(target.replace(server=None))
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def _on_table(self, table: RoutingTable) -> None:
+        current = {e.address for e in table.endpoints}
+        with self._lock:
+            gone = self._known - current
+            self._known = current
+        self.balancer.ejections.forget(current)
+        for address in gone:
+            self._retire(address)
+
+    def _retire(self, address: str) -> None:
+        """An address left the table: close its connection once nothing is in flight on it."""
+        raise NotImplementedError
+
+    def _close_base(self) -> None:
+        self._closed = True
+        self._unsubscribe()
+        if self._owns_resolver:
+            self.resolver.close()
+
+def _describe(target: Target, opts: TransportOptions) -> str:
+    where = f"az {target.az}" if target.az else f"az {opts.az}" + (
+        f" (or {', '.join(opts.fallback_azs)})" if opts.fallback_azs else ""
+    )
+    server = f" server {target.server}" if target.server else ""
+    return (
+        f"no endpoints for topic {target.topic}{server} in exchange "
+        f"{target.exchange or opts.exchange}, {where}"
+    )
+
+
+class Attempts:
+    """The retry decisions for one message, shared by both transports (no I/O).
+
+    ```
+    attempts = Attempts(transport, target, timeout)
+    while True:
+        ep = attempts.next_endpoint()          # NoEndpoints / MessagingTimeout when out of tries
+        ... send; on a connection that never opened: attempts.never_sent(ep, why); continue
+        ... on a reply: if attempts.accepted(ep, reply): return reply
+    ```
+    """
+
+    __slots__ = ("_deadline", "_last", "_left", "_target", "_transport", "_tried")
+
+    def __init__(self, transport: TransportBase, target: Target, timeout: float | None) -> None:
+        self._transport = transport
+        self._target = target
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._tried: frozenset[str] = frozenset()
+        self._left = max(1, transport.options.connect_attempts)
+        self._last = ""
+
+    def remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return self._deadline - time.monotonic()
+
+    def next_endpoint(self) -> Endpoint:
+        remaining = self.remaining()
+        if remaining is not None and remaining <= 0:
+            raise MessagingTimeout(f"{self._target.topic}: timed out before it could be sent")
+        if self._left <= 0:
+            raise NoEndpoints(
+                f"{_describe(self._target, self._transport.options)}: no endpoint took the "
+                f"message (last: {self._last})"
+            )
+        self._left -= 1
+        return self._transport.choose(self._target, self._tried)
+
+    def never_sent(self, endpoint: Endpoint, why: str) -> None:
+        """The connection to `endpoint` could not open: eject it and try another."""
+        self._transport.balancer.ejections.eject(endpoint.address)
+        self._tried |= {endpoint.address}
+        self._last = f"{endpoint.address}: {why}"
+
+    def accepted(self, endpoint: Endpoint, reply: ev.Reply) -> bool:
+        """False when the server refused the message without running it (try elsewhere)."""
+        if reply.WhichOneof("outcome") == "failure" and reply.failure.code in NOT_ACCEPTED:
+            if reply.failure.code == ev.ErrorCode.STOPPING:
+                self._transport.balancer.ejections.eject(endpoint.address)
+            self._tried |= {endpoint.address}
+            self._last = f"{endpoint.address}: {reply.failure.message}"
+            return False
+        self._transport.balancer.ejections.restore(endpoint.address)
+        return True
+
+
+def check_size(data: bytes, options: TransportOptions, what: str) -> None:
+    if len(data) > options.max_message_size:
+        raise MessageTooLarge(
+            f"{what}: message of {len(data)} bytes exceeds the limit of "
+            f"{options.max_message_size} bytes; it was not sent"
+        )
