@@ -48,7 +48,7 @@ class Ejections:
         with self._lock:
             n = self._failures.get(address, 0) + 1
             self._failures[address] = n
-            delay = min(self._cap, self._base * 2 ** (n - 1))
+            delay = min(self._cap, self._base * float(2 ** (n - 1)))
             delay *= random.uniform(0.8, 1.2)  # jitter: clients do not return in step
             self._until[address] = self._clock() + delay
             return delay

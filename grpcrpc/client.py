@@ -87,16 +87,16 @@ class _ClientBase:
     def prepare(
         self,
         *,
-        exchange: str | None | Unset = UNSET,
-        topic: str | None | Unset = UNSET,
-        namespace: str | None | Unset = UNSET,
-        version: str | None | Unset = UNSET,
-        server: str | None | Unset = UNSET,
+        exchange: str | Unset | None = UNSET,
+        topic: str | Unset | None = UNSET,
+        namespace: str | Unset | None = UNSET,
+        version: str | Unset | None = UNSET,
+        server: str | Unset | None = UNSET,
         fanout: bool | Unset = UNSET,
-        az: str | None | Unset = UNSET,
-        timeout: float | None | Unset = UNSET,
-        version_cap: str | None | Unset = UNSET,
-        retry: int | None | Unset = UNSET,
+        az: str | Unset | None = UNSET,
+        timeout: float | Unset | None = UNSET,
+        version_cap: str | Unset | None = UNSET,
+        retry: int | Unset | None = UNSET,
     ) -> Self:
         """A new client with some settings changed; this one is left as it is.
 
@@ -127,7 +127,7 @@ class _ClientBase:
             target=target, timeout=new_timeout, version_cap=new_cap, retry=_pick(retry, self.retry)
         )
 
-    def can_send_version(self, version: str | None | Unset = UNSET) -> bool:
+    def can_send_version(self, version: str | Unset | None = UNSET) -> bool:
         """Whether the version cap allows sending `version` (default: the target's)."""
         v = self.target.version if version is UNSET else version
         if self.version_cap is None:

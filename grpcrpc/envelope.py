@@ -10,6 +10,7 @@ clients turn the reply into a value or an exception.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import itertools
 import json
@@ -31,6 +32,7 @@ __all__ = [
     "FanoutReport",
     "Payload",
     "Reply",
+    "WireTarget",
     "build_envelope",
     "decode_json",
     "encode_json",
@@ -46,6 +48,7 @@ __all__ = [
 Envelope = pb.Envelope
 Reply = pb.Reply
 Payload = pb.Payload
+WireTarget = pb.Target
 Failure = pb.Failure
 FanoutReport = pb.FanoutReport
 ErrorCode = pb.ErrorCode
@@ -218,10 +221,9 @@ def _rebuild(failure: pb.Failure, allowed: frozenset[str]) -> BaseException | No
         error = cls(*args)
     except Exception:  # a constructor that wants other arguments: fall back to RemoteError
         return None
-    try:
+    # Some exception types refuse new attributes; the traceback is then only in RemoteError.
+    with contextlib.suppress(AttributeError, TypeError):
         error.remote_traceback = list(failure.traceback)  # type: ignore[attr-defined]
-    except (AttributeError, TypeError):
-        pass
     return error
 
 

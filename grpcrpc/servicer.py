@@ -208,7 +208,7 @@ class EnvelopeServicer:
         self._idle.clear()
         return env, handler, None
 
-    def _misrouted(self, t: ev.pb.Target) -> str:
+    def _misrouted(self, t: ev.WireTarget) -> str:
         me = self.identity
         if t.topic != me.topic or (t.exchange and t.exchange != me.exchange):
             return f"this server serves {me.exchange}/{me.topic}, not {t.exchange}/{t.topic}"

@@ -18,8 +18,8 @@ class Target:
     version) to say which API it implements.
 
     >>> t = Target(topic="scheduler", version="1.3")
-    >>> t.replace(server="host1")
-    Target(exchange=None, topic='scheduler', namespace=None, version='1.3', server='host1', fanout=False, az=None)
+    >>> t.replace(server="host1").server
+    'host1'
     """
 
     exchange: str | None = None

@@ -219,7 +219,7 @@ class RoutingTable:
 EMPTY_TABLE = RoutingTable((), {}, 0)
 
 
-class Resolver(abc.ABC):
+class Resolver(abc.ABC):  # noqa: B024 - subclasses override what they need
     """Keeps a routing table current. Thread-safe; the table is read without locks.
 
     Lifecycle: `start()` (may block until the first table is built), then read `table` as often

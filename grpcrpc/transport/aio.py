@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -144,7 +146,9 @@ class _Stream:
 
 
 class _Conn:
-    def __init__(self, channel: grpc.aio.Channel, address: str, n: int, metadata: tuple[tuple[str, str], ...]):
+    def __init__(
+        self, channel: grpc.aio.Channel, address: str, n: int, metadata: tuple[tuple[str, str], ...]
+    ) -> None:
         self.channel = channel
         self.address = address
         self._metadata = metadata
@@ -206,17 +210,15 @@ class AsyncTransport(TransportBase):
                 excess -= 1
         return conn
 
-    def _spawn(self, coro: object) -> None:
-        task = self._loop.create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _retire(self, address: str) -> None:
         # Called from the resolver's thread: hand over to the loop.
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed loop has nothing left to close
             self._loop.call_soon_threadsafe(self._retire_on_loop, address)
-        except RuntimeError:  # the loop is closed: nothing left to close
-            pass
 
     def _retire_on_loop(self, address: str) -> None:
         conn = self._conns.pop(address, None)

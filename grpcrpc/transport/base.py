@@ -24,8 +24,8 @@ from grpcrpc.target import Target
 
 __all__ = [
     "STREAM_METHOD",
-    "Attempts",
     "UNARY_METHOD",
+    "Attempts",
     "TransportBase",
     "TransportOptions",
     "channel_options",
@@ -107,7 +107,7 @@ class TransportBase:
             fallback_azs=o.fallback_azs,
         )
 
-    def choose(self, target: Target, tried: frozenset[str]) -> Endpoint:
+    def choose(self, target: Target, tried: frozenset[str], last: str = "") -> Endpoint:
         """An endpoint for the target not yet `tried`; `NoEndpoints` if there is none."""
         candidates = self.candidates(target)
         if not candidates:
@@ -116,7 +116,7 @@ class TransportBase:
         if not left:
             raise NoEndpoints(
                 f"{_describe(target, self.options)}: could not connect to any of "
-                f"{len(candidates)} endpoint(s)"
+                f"{len(candidates)} endpoint(s) (last: {last})"
             )
         return self.balancer.pick(left)
 
@@ -193,7 +193,7 @@ class Attempts:
                 f"message (last: {self._last})"
             )
         self._left -= 1
-        return self._transport.choose(self._target, self._tried)
+        return self._transport.choose(self._target, self._tried, self._last)
 
     def never_sent(self, endpoint: Endpoint, why: str) -> None:
         """The connection to `endpoint` could not open: eject it and try another."""

@@ -1,0 +1,36 @@
+"""A grpcrpc server in its own process, for tests that kill it.
+
+Usage: python server_main.py TOPIC SERVER   — prints "ADDRESS host:port" once serving, and
+"IN-CALL" when its `hang` endpoint starts (so the test knows a call is in flight).
+"""
+
+import asyncio
+import sys
+
+from grpcrpc import RPCServer, Target
+
+
+class Endpoints:
+    def hang(self, ctxt: dict[str, object]) -> None:
+        print("IN-CALL", flush=True)
+        import time
+
+        time.sleep(600)
+
+    async def ahang(self, ctxt: dict[str, object]) -> None:
+        print("IN-CALL", flush=True)
+        await asyncio.sleep(600)
+
+    def echo(self, ctxt: dict[str, object], value: object) -> object:
+        return value
+
+
+async def main() -> None:
+    server = RPCServer(Target(topic=sys.argv[1], server=sys.argv[2]), [Endpoints()])
+    await server.start()
+    print("ADDRESS", server.address, flush=True)
+    await server.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
