@@ -63,6 +63,8 @@ class _ClientBase:
         retry: int | None,
         allowed_remote_exmods: Iterable[str],
     ) -> None:
+        if retry is not None and retry < 0:
+            raise ValueError("retry must be >= 0 (or None for the transport's default)")
         if not target.topic:
             raise ValueError("a client target needs a topic")
         if version_cap is not None:
@@ -235,7 +237,7 @@ class RPCClient(_ClientBase):
         t = self.transport
         data = self._envelope(ctxt, method, kwargs, cast=False, msg_id=self._new_id(),
                               exchange=t.options.exchange)
-        reply = t.request(self.target, data, self.timeout, self._what(method))
+        reply = t.request(self.target, data, self.timeout, self._what(method), self.retry)
         return self._result(ctxt, method, reply)
 
     def cast(self, ctxt: Any, method: str, **kwargs: Any) -> FanoutReport | None:
@@ -247,7 +249,7 @@ class RPCClient(_ClientBase):
         if self.target.fanout:
             endpoints = t.fanout_targets(self.target)
             return t.fanout(endpoints, data, self.timeout, self._what(method))
-        reply = t.request(self.target, data, self.timeout, self._what(method))
+        reply = t.request(self.target, data, self.timeout, self._what(method), self.retry)
         self._result(ctxt, method, reply)
         return None
 
@@ -300,7 +302,9 @@ class AsyncRPCClient(_ClientBase):
         msg_id = self._new_id()
         data = self._envelope(ctxt, method, kwargs, cast=False, msg_id=msg_id,
                               exchange=t.options.exchange)
-        reply = await t.request(self.target, msg_id, data, self.timeout, self._what(method))
+        reply = await t.request(
+            self.target, msg_id, data, self.timeout, self._what(method), self.retry
+        )
         return self._result(ctxt, method, reply)
 
     async def cast(self, ctxt: Any, method: str, **kwargs: Any) -> FanoutReport | None:
@@ -312,7 +316,9 @@ class AsyncRPCClient(_ClientBase):
         if self.target.fanout:
             endpoints = t.fanout_targets(self.target)
             return await t.fanout(endpoints, msg_id, data, self.timeout, self._what(method))
-        reply = await t.request(self.target, msg_id, data, self.timeout, self._what(method))
+        reply = await t.request(
+            self.target, msg_id, data, self.timeout, self._what(method), self.retry
+        )
         self._result(ctxt, method, reply)
         return None
 

@@ -235,11 +235,12 @@ class AsyncTransport(TransportBase):
             self._spawn(self._retiring.pop(address).close())
 
     async def request(
-        self, target: Target, msg_id: str, data: bytes, timeout: float | None, what: str
+        self, target: Target, msg_id: str, data: bytes, timeout: float | None, what: str,
+        retry: int | None = None,
     ) -> ev.Reply:
         """Send one envelope to one endpoint of `target`; the server's reply."""
         check_size(data, self.options, what)
-        attempts = Attempts(self, target, timeout)
+        attempts = Attempts(self, target, timeout, retry)
         while True:
             endpoint = attempts.next_endpoint()
             address = endpoint.address

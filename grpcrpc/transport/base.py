@@ -170,12 +170,17 @@ class Attempts:
 
     __slots__ = ("_deadline", "_last", "_left", "_target", "_transport", "_tried")
 
-    def __init__(self, transport: TransportBase, target: Target, timeout: float | None) -> None:
+    def __init__(
+        self, transport: TransportBase, target: Target, timeout: float | None,
+        retry: int | None = None,
+    ) -> None:
         self._transport = transport
         self._target = target
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._tried: frozenset[str] = frozenset()
-        self._left = max(1, transport.options.connect_attempts)
+        # `retry` (the client's, oslo's word): how many other endpoints to try after the first.
+        attempts = transport.options.connect_attempts if retry is None else retry + 1
+        self._left = max(1, attempts)
         self._last = ""
 
     def remaining(self) -> float | None:

@@ -105,10 +105,13 @@ class SyncTransport(TransportBase):
             if conn is not None:
                 conn.channel.close()
 
-    def request(self, target: Target, data: bytes, timeout: float | None, what: str) -> ev.Reply:
+    def request(
+        self, target: Target, data: bytes, timeout: float | None, what: str,
+        retry: int | None = None,
+    ) -> ev.Reply:
         """Send one envelope to one endpoint of `target`; the server's reply."""
         check_size(data, self.options, what)
-        attempts = Attempts(self, target, timeout)
+        attempts = Attempts(self, target, timeout, retry)
         while True:
             endpoint = attempts.next_endpoint()
             address = endpoint.address

@@ -257,3 +257,19 @@ def test_server_argument_validation() -> None:
         RPCServer(Target(topic="t"), [Named("x")], port_range=(10, 5))
     with pytest.raises(ValueError, match="at least one endpoint"):
         RPCServer(Target(topic="t"), [])
+
+
+def test_retry_zero_tries_only_one_endpoint() -> None:
+    with Cluster() as cluster:
+        cluster.serve(Target(topic="t", server="live"), [Named("live")])
+        live = cluster.discovery.table.endpoints[0]
+        resolver = grpcrpc.StaticResolver([Endpoint("127.0.0.1:1", "t", "dead"), live])
+        opts = TransportOptions(balancer="round_robin")
+        with grpcrpc.RPCClient(resolver, Target(topic="t"), options=opts, retry=0) as client:
+            outcomes = set()
+            for _ in range(4):
+                try:
+                    outcomes.add(client.call({}, "whoami"))
+                except grpcrpc.NoEndpoints:
+                    outcomes.add("refused")
+            assert outcomes == {"live", "refused"}

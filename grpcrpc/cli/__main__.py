@@ -1,0 +1,5 @@
+import sys
+
+from grpcrpc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,14 @@
+"""Every benchmark runs (tiny counts); `make bench` gives the real figures."""
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_bench_smoke() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "grpcrpc cast x256" in out.stdout and "vs ref" in out.stdout
