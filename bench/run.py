@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from bench import bench_core  # noqa: E402
+from bench import bench_core
 
 
 def main() -> None:

@@ -92,7 +92,7 @@ def run(computes: int = 3) -> int:
         for ep in endpoints:
             out(f"   {ep.topic:10} {ep.server:11} {ep.address}")
         resolver = StaticResolver(endpoints)
-        ctxt = {"request_id": "req-" + "%08x" % random.getrandbits(32), "user": "demo",
+        ctxt = {"request_id": f"req-{random.getrandbits(32):08x}", "user": "demo",
                 "project_id": "demo", "roles": ["member"]}
 
         scheduler_api = RPCClient(resolver, Target(topic="scheduler", version="4.0"), timeout=10)
