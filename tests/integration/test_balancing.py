@@ -1,0 +1,114 @@
+"""Load balancing and failure handling in the client, with real servers."""
+
+from __future__ import annotations
+
+import collections
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import grpcrpc
+from grpcrpc import Endpoint, Target, TransportOptions
+from grpcrpc.testing import Cluster
+
+HERE = pathlib.Path(__file__).parent
+
+
+class Worker:
+    def __init__(self, name: str, delay: float) -> None:
+        self.name = name
+        self.delay = delay
+
+    def work(self, ctxt: Any) -> str:
+        time.sleep(self.delay)
+        return self.name
+
+
+def _hammer(client: grpcrpc.RPCClient, threads: int, calls: int) -> collections.Counter[str]:
+    counts: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+
+    def run() -> None:
+        for _ in range(calls):
+            r = client.call({}, "work")
+            with lock:
+                counts[r] += 1
+
+    pool = [threading.Thread(target=run) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(120)
+    return counts
+
+
+def test_p2c_sends_more_to_the_faster_server() -> None:
+    with Cluster() as cluster:
+        cluster.serve(Target(topic="w", server="fast"), [Worker("fast", 0.001)])
+        cluster.serve(Target(topic="w", server="slow"), [Worker("slow", 0.03)])
+        p2c = _hammer(cluster.client(Target(topic="w")), threads=8, calls=25)
+        rr = _hammer(cluster.client(Target(topic="w"), TransportOptions(balancer="round_robin")),
+                     threads=8, calls=25)
+    assert sum(p2c.values()) == sum(rr.values()) == 200
+    # Round robin splits evenly whatever the speed; p2c routes around the slow server.
+    assert abs(rr["fast"] - rr["slow"]) <= 16
+    assert p2c["fast"] > 0.75 * 200, p2c
+
+
+def test_server_killed_under_load_fails_only_in_flight_calls() -> None:
+    procs = [subprocess.Popen([sys.executable, str(HERE / "server_main.py"), "victim", f"v{i}"],
+                              stdout=subprocess.PIPE, text=True, cwd=HERE.parent.parent)
+             for i in range(2)]
+    try:
+        addresses = []
+        for p in procs:
+            assert p.stdout is not None
+            addresses.append(p.stdout.readline().split()[1])
+        resolver = grpcrpc.StaticResolver(
+            [Endpoint(a, "victim", f"v{i}") for i, a in enumerate(addresses)])
+        client = grpcrpc.RPCClient(resolver, Target(topic="victim"), timeout=10)
+        errors: list[BaseException] = []
+        ok = collections.Counter[str]()
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def run() -> None:
+            while not stop.is_set():
+                try:
+                    client.call({}, "echo", value=1)
+                    with lock:
+                        ok["calls"] += 1
+                except grpcrpc.GrpcrpcError as err:
+                    with lock:
+                        errors.append(err)
+
+        pool = [threading.Thread(target=run) for _ in range(6)]
+        for t in pool:
+            t.start()
+        deadline = time.monotonic() + 30
+        while ok["calls"] < 300 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(10)
+        killed_at = ok["calls"]
+        while ok["calls"] < killed_at + 500 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop.set()
+        for t in pool:
+            t.join(20)
+        assert not any(t.is_alive() for t in pool), "a caller hung"
+        # At most the calls in flight on the dead server fail (one per thread), and only with
+        # DeliveryError; everything after goes to the survivor.
+        assert len(errors) <= 6, errors
+        assert all(isinstance(e, grpcrpc.DeliveryError) for e in errors), errors
+        assert ok["calls"] >= killed_at + 500
+        assert client.transport.balancer.ejections.is_ejected(addresses[0]) or errors == []
+        client.close()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
