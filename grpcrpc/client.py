@@ -20,6 +20,8 @@ import enum
 from collections.abc import Iterable
 from typing import Any, Self, TypeVar
 
+from google.protobuf.message import Message
+
 from grpcrpc import envelope as ev
 from grpcrpc.discovery.base import Resolver
 from grpcrpc.exceptions import InvalidEnvelope, SerializationError, VersionCapError
@@ -43,6 +45,7 @@ class Unset(enum.Enum):
 
 UNSET = Unset.UNSET
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 _Transport = TypeVar("_Transport", SyncTransport, AsyncTransport)
 
 
@@ -136,8 +139,19 @@ class _ClientBase:
             return True
         return version_is_compatible(self.version_cap, v)
 
+    def _dict_args(self, ctxt: Any, kwargs: dict[str, Any]) -> ev.Payload:
+        s = self.serializer
+        return ev.Payload(json=ev.encode_json({k: s.serialize_entity(ctxt, v)
+                                               for k, v in kwargs.items()}))
+
+    @staticmethod
+    def _message_args(request: Message) -> ev.Payload:
+        if not isinstance(request, Message):
+            raise SerializationError(f"expected a protobuf message, got {type(request).__name__}")
+        return ev.pack_message(request)
+
     def _envelope(
-        self, ctxt: Any, method: str, kwargs: dict[str, Any], *, cast: bool, msg_id: str,
+        self, ctxt: Any, method: str, args: ev.Payload, *, cast: bool, msg_id: str,
         exchange: str,
     ) -> bytes:
         if not method or not isinstance(method, str):
@@ -146,17 +160,15 @@ class _ClientBase:
             raise VersionCapError(
                 f"version {self.target.version} of {method} is above the cap {self.version_cap}"
             )
-        s = self.serializer
-        args = {k: s.serialize_entity(ctxt, v) for k, v in kwargs.items()}
         try:
-            context = s.serialize_context(ctxt)
+            context = self.serializer.serialize_context(ctxt)
         except TypeError as err:
             raise SerializationError(str(err)) from None
         env = ev.build_envelope(
             msg_id,
             self.target,
             method,
-            ev.encode_json(args),
+            args,
             ev.encode_json(context),
             cast=cast,
             fanout=self.target.fanout,
@@ -165,12 +177,16 @@ class _ClientBase:
         )
         return env.SerializeToString()
 
-    def _result(self, ctxt: Any, method: str, reply: ev.Reply) -> Any:
+    def _result(
+        self, ctxt: Any, method: str, reply: ev.Reply, response_type: type[M] | None = None
+    ) -> Any:
         kind = reply.WhichOneof("outcome")
         if kind == "result":
             payload = reply.result
+            if response_type is not None:
+                return ev.payload_to_message(payload, response_type, f"{method} result")
             if payload.WhichOneof("body") == "message":
-                raise InvalidEnvelope(f"{method}: a typed result needs a typed client")
+                return ev.payload_to_python(payload, f"{method} result")
             return self.serializer.deserialize_entity(ctxt, ev.decode_json(payload.json, "result"))
         if kind == "failure":
             raise ev.exception_from_failure(
@@ -234,17 +250,33 @@ class RPCClient(_ClientBase):
         Raises `MessagingTimeout` at the timeout, `RemoteError` (or the remote type, when its
         module is allowed) if the endpoint raised, or another `GrpcrpcError`.
         """
-        t = self.transport
-        data = self._envelope(ctxt, method, kwargs, cast=False, msg_id=self._new_id(),
-                              exchange=t.options.exchange)
-        reply = t.request(self.target, data, self.timeout, self._what(method), self.retry)
-        return self._result(ctxt, method, reply)
+        return self._call(ctxt, method, self._dict_args(ctxt, kwargs), None)
+
+    def call_message(self, ctxt: Any, method: str, request: Message, response_type: type[M]) -> M:
+        """`call` with a protobuf request and response (what generated typed clients use)."""
+        result: M = self._call(ctxt, method, self._message_args(request), response_type)
+        return result
 
     def cast(self, ctxt: Any, method: str, **kwargs: Any) -> FanoutReport | None:
         """Send `method` one-way: returns once a server has accepted it (None), or, with
         `fanout=True`, once every server of the topic was tried (a `FanoutReport`)."""
+        return self._cast(ctxt, method, self._dict_args(ctxt, kwargs))
+
+    def cast_message(self, ctxt: Any, method: str, request: Message) -> FanoutReport | None:
+        """`cast` with a protobuf request."""
+        return self._cast(ctxt, method, self._message_args(request))
+
+    def _call(self, ctxt: Any, method: str, args: ev.Payload, response_type: type[M] | None
+              ) -> Any:
         t = self.transport
-        data = self._envelope(ctxt, method, kwargs, cast=True, msg_id=self._new_id(),
+        data = self._envelope(ctxt, method, args, cast=False, msg_id=self._new_id(),
+                              exchange=t.options.exchange)
+        reply = t.request(self.target, data, self.timeout, self._what(method), self.retry)
+        return self._result(ctxt, method, reply, response_type)
+
+    def _cast(self, ctxt: Any, method: str, args: ev.Payload) -> FanoutReport | None:
+        t = self.transport
+        data = self._envelope(ctxt, method, args, cast=True, msg_id=self._new_id(),
                               exchange=t.options.exchange)
         if self.target.fanout:
             endpoints = t.fanout_targets(self.target)
@@ -298,20 +330,39 @@ class AsyncRPCClient(_ClientBase):
 
     async def call(self, ctxt: Any, method: str, **kwargs: Any) -> Any:
         """Invoke `method` on one server of the target and return its result."""
+        return await self._call(ctxt, method, self._dict_args(ctxt, kwargs), None)
+
+    async def call_message(
+        self, ctxt: Any, method: str, request: Message, response_type: type[M]
+    ) -> M:
+        """`call` with a protobuf request and response (what generated typed clients use)."""
+        result: M = await self._call(ctxt, method, self._message_args(request), response_type)
+        return result
+
+    async def cast(self, ctxt: Any, method: str, **kwargs: Any) -> FanoutReport | None:
+        """Send `method` one-way (see `RPCClient.cast`)."""
+        return await self._cast(ctxt, method, self._dict_args(ctxt, kwargs))
+
+    async def cast_message(self, ctxt: Any, method: str, request: Message) -> FanoutReport | None:
+        """`cast` with a protobuf request."""
+        return await self._cast(ctxt, method, self._message_args(request))
+
+    async def _call(
+        self, ctxt: Any, method: str, args: ev.Payload, response_type: type[M] | None
+    ) -> Any:
         t = self.transport
         msg_id = self._new_id()
-        data = self._envelope(ctxt, method, kwargs, cast=False, msg_id=msg_id,
+        data = self._envelope(ctxt, method, args, cast=False, msg_id=msg_id,
                               exchange=t.options.exchange)
         reply = await t.request(
             self.target, msg_id, data, self.timeout, self._what(method), self.retry
         )
-        return self._result(ctxt, method, reply)
+        return self._result(ctxt, method, reply, response_type)
 
-    async def cast(self, ctxt: Any, method: str, **kwargs: Any) -> FanoutReport | None:
-        """Send `method` one-way (see `RPCClient.cast`)."""
+    async def _cast(self, ctxt: Any, method: str, args: ev.Payload) -> FanoutReport | None:
         t = self.transport
         msg_id = self._new_id()
-        data = self._envelope(ctxt, method, kwargs, cast=True, msg_id=msg_id,
+        data = self._envelope(ctxt, method, args, cast=True, msg_id=msg_id,
                               exchange=t.options.exchange)
         if self.target.fanout:
             endpoints = t.fanout_targets(self.target)

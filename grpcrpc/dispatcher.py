@@ -6,6 +6,10 @@ A message is dispatched to the first endpoint whose namespace matches exactly an
 is compatible (same major, minor at least the requested) and that has the method. Methods whose
 names start with `_` are never dispatched.
 
+Typed endpoints (servicers generated from a .proto by `protoc-gen-grpcrpc`) declare
+`grpcrpc_message_types = {"method": (RequestMessage, ResponseMessage)}`; their methods are called
+as `method(ctxt, request)` with the request message, whichever way the caller sent it.
+
 >>> class Scheduler:
 ...     target = Target(version="1.3")
 ...     def select_destinations(self, ctxt, spec):
@@ -22,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import Message
+
 from grpcrpc.exceptions import NoSuchMethod, UnsupportedVersion
 from grpcrpc.target import Target, version_is_compatible
 
@@ -32,12 +38,17 @@ _CACHE_MAX = 4096
 
 @dataclass(frozen=True, slots=True)
 class Handler:
-    """A dispatchable method: call `func(ctxt, **kwargs)`; `is_async` says await it on the loop."""
+    """A dispatchable method; `is_async` says await it on the loop.
+
+    Dict-style: `func(ctxt, **kwargs)`. Typed (`request_type` set): `func(ctxt, request)`.
+    """
 
     func: Callable[..., Any]
     is_async: bool
     endpoint: Any
     name: str
+    request_type: type[Message] | None = None
+    response_type: type[Message] | None = None
 
 
 class Dispatcher:
@@ -78,7 +89,9 @@ class Dispatcher:
             func = getattr(endpoint, method, None)
             if func is None or not callable(func) or isinstance(func, type):
                 continue
-            return Handler(func, _is_async(func), endpoint, method)
+            types = getattr(endpoint, "grpcrpc_message_types", None) or {}
+            req, resp = types.get(method, (None, None))
+            return Handler(func, _is_async(func), endpoint, method, req, resp)
         if found_compatible:
             raise NoSuchMethod(method)
         raise UnsupportedVersion(version or "1.0", method)

@@ -19,7 +19,8 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from google.protobuf.message import DecodeError
+from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.message import DecodeError, Message
 
 from grpcrpc import exceptions as exc
 from grpcrpc.generated.v1 import envelope_pb2 as pb
@@ -39,8 +40,13 @@ __all__ = [
     "exception_from_failure",
     "failure_from_exception",
     "id_factory",
+    "message_class",
+    "message_to_python",
+    "pack_message",
     "parse_envelope",
     "parse_reply",
+    "payload_to_message",
+    "payload_to_python",
     "reply_failure",
     "validate_envelope",
 ]
@@ -87,11 +93,63 @@ def decode_json(data: bytes, what: str = "payload") -> Any:
         raise exc.InvalidEnvelope(f"{what} is not valid JSON: {err}") from None
 
 
+def pack_message(message: Message) -> pb.Payload:
+    """A typed payload: the message packed in a `google.protobuf.Any`."""
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return pb.Payload(message=packed)
+
+
+def message_class(type_name: str) -> type[Message]:
+    """The generated class for a full message name (its module must have been imported)."""
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(type_name)
+    except KeyError:
+        raise exc.InvalidEnvelope(f"unknown message type {type_name!r}") from None
+    return message_factory.GetMessageClass(descriptor)
+
+
+def payload_to_message(payload: pb.Payload, cls: type[Message], what: str = "payload") -> Message:
+    """The payload as a `cls` message, whether it came typed (Any) or as JSON (dict-style peer)."""
+    result = cls()
+    if payload.WhichOneof("body") == "message":
+        if payload.message.TypeName() != cls.DESCRIPTOR.full_name:
+            raise exc.InvalidEnvelope(
+                f"{what} is a {payload.message.TypeName()}, expected {cls.DESCRIPTOR.full_name}"
+            )
+        try:
+            payload.message.Unpack(result)
+        except DecodeError as err:
+            raise exc.InvalidEnvelope(f"{what} does not decode: {err}") from None
+        return result
+    data = decode_json(payload.json, what) if payload.json else {}
+    if not isinstance(data, dict):
+        raise exc.InvalidEnvelope(f"{what} must be a JSON object for {cls.DESCRIPTOR.full_name}")
+    try:
+        json_format.ParseDict(data, result, ignore_unknown_fields=True)
+    except json_format.ParseError as err:
+        raise exc.InvalidEnvelope(f"{what} does not fit {cls.DESCRIPTOR.full_name}: {err}") from None
+    return result
+
+
+def message_to_python(message: Message) -> Any:
+    """A message as plain JSON-able values (field names as in the .proto)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def payload_to_python(payload: pb.Payload, what: str = "payload") -> Any:
+    """The payload as plain values, whether it came as JSON or typed (for dict-style code)."""
+    if payload.WhichOneof("body") == "message":
+        cls = message_class(payload.message.TypeName())
+        return message_to_python(payload_to_message(payload, cls, what))
+    return decode_json(payload.json, what) if payload.json else None
+
+
 def build_envelope(
     msg_id: str,
     target: Target,
     method: str,
-    args_json: bytes,
+    args: bytes | pb.Payload,
     context_json: bytes,
     *,
     cast: bool = False,
@@ -113,7 +171,7 @@ def build_envelope(
             az=target.az or az,
         ),
         method=method,
-        args=pb.Payload(json=args_json),
+        args=args if isinstance(args, pb.Payload) else pb.Payload(json=args),
         cast=cast,
         fanout=fanout,
         context=context_json,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc.aio
+from google.protobuf.message import Message
 
 from grpcrpc import envelope as ev
 from grpcrpc.dispatcher import Dispatcher, Handler
@@ -227,20 +228,20 @@ class EnvelopeServicer:
     async def _run(self, env: ev.Envelope, handler: Handler) -> ev.Reply:
         """Run an admitted envelope (releasing its admission); a cast is only started."""
         try:
-            ctxt, kwargs = self._decode(env)
+            ctxt, args, kwargs = self._decode(env, handler)
         except Exception as err:
             self._release(handler)
             return ev.Reply(id=env.id, failure=self._failure(err))
         deadline = time.monotonic() + env.timeout_ms / 1000 if env.timeout_ms else None
         if env.cast:
             task = asyncio.get_running_loop().create_task(
-                self._cast(env, handler, ctxt, kwargs)
+                self._cast(env, handler, ctxt, args, kwargs)
             )
             self._casts.add(task)
             task.add_done_callback(self._casts.discard)
             return ev.Reply(id=env.id, accepted=True)
         try:
-            result = await self._invoke(handler, ctxt, kwargs, deadline)
+            result = await self._invoke(handler, ctxt, args, kwargs, deadline)
         except _Expired:
             return ev.reply_failure(env.id, ev.ErrorCode.EXPIRED, "deadline passed while queued")
         except Exception as err:
@@ -248,34 +249,51 @@ class EnvelopeServicer:
                      type(err).__name__, err, exc_info=log.isEnabledFor(logging.DEBUG))
             return ev.Reply(id=env.id, failure=self._failure(err))
         try:
-            payload = ev.encode_json(self.serializer.serialize_entity(ctxt, result))
+            payload = self._result_payload(env, ctxt, result)
         except Exception as err:
             return ev.reply_failure(
                 env.id, ev.ErrorCode.SERIALIZATION,
                 f"{env.method} returned a result that cannot be serialised: {err}",
             )
-        return ev.Reply(id=env.id, result=ev.Payload(json=payload))
+        return ev.Reply(id=env.id, result=payload)
 
-    async def _cast(self, env: ev.Envelope, handler: Handler, ctxt: Any, kwargs: dict[str, Any]) -> None:
+    def _result_payload(self, env: ev.Envelope, ctxt: Any, result: Any) -> ev.Payload:
+        """Answer in the caller's form: typed to a typed caller, JSON to a dict-style one."""
+        if isinstance(result, Message):
+            if env.args.WhichOneof("body") == "message":
+                return ev.pack_message(result)
+            return ev.Payload(json=ev.encode_json(ev.message_to_python(result)))
+        return ev.Payload(json=ev.encode_json(self.serializer.serialize_entity(ctxt, result)))
+
+    async def _cast(
+        self, env: ev.Envelope, handler: Handler, ctxt: Any, args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
         try:
-            await self._invoke(handler, ctxt, kwargs, None)
+            await self._invoke(handler, ctxt, args, kwargs, None)
         except asyncio.CancelledError:
             log.warning("cast %s.%s cancelled at shutdown", env.target.topic, env.method)
         except Exception:
             # Nobody hears of a cast's failure but the server's log (oslo semantics).
             log.exception("cast %s.%s failed", env.target.topic, env.method)
 
-    def _decode(self, env: ev.Envelope) -> tuple[Any, dict[str, Any]]:
-        if env.args.WhichOneof("body") == "message":
-            raise InvalidEnvelope(f"{env.method}: a typed payload needs a typed servicer")
-        args = ev.decode_json(env.args.json, "args") if env.args.json else {}
-        if not isinstance(args, dict):
-            raise InvalidEnvelope("args must be a JSON object")
+    def _decode(
+        self, env: ev.Envelope, handler: Handler
+    ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+        """The context and the endpoint's arguments: (request,) for a typed endpoint, keyword
+        arguments for a dict-style one — whichever form the caller sent."""
         raw_ctxt = ev.decode_json(env.context, "context") if env.context else {}
         if not isinstance(raw_ctxt, dict):
             raise InvalidEnvelope("context must be a JSON object")
         ctxt = self.serializer.deserialize_context(raw_ctxt)
-        return ctxt, {k: self.serializer.deserialize_entity(ctxt, v) for k, v in args.items()}
+        if handler.request_type is not None:
+            return ctxt, (ev.payload_to_message(env.args, handler.request_type, "args"),), {}
+        args = ev.payload_to_python(env.args, "args") if env.HasField("args") else {}
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise InvalidEnvelope("args must be a JSON object")
+        return ctxt, (), {k: self.serializer.deserialize_entity(ctxt, v) for k, v in args.items()}
 
     def _failure(self, err: BaseException) -> ev.Failure:
         return ev.failure_from_exception(
@@ -283,16 +301,17 @@ class EnvelopeServicer:
         )
 
     async def _invoke(
-        self, handler: Handler, ctxt: Any, kwargs: dict[str, Any], deadline: float | None
+        self, handler: Handler, ctxt: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+        deadline: float | None,
     ) -> Any:
         if handler.is_async:
             try:
-                return await handler.func(ctxt, **kwargs)
+                return await handler.func(ctxt, *args, **kwargs)
             finally:
                 self._release(handler)
         loop = asyncio.get_running_loop()
         try:
-            cf = self._executor.submit(_run_sync, handler.func, ctxt, kwargs, deadline)
+            cf = self._executor.submit(_run_sync, handler.func, ctxt, args, kwargs, deadline)
         except RuntimeError:  # the pool was shut down under us
             self._release(handler)
             raise
@@ -344,8 +363,9 @@ class EnvelopeServicer:
 
 
 def _run_sync(
-    func: Callable[..., Any], ctxt: Any, kwargs: dict[str, Any], deadline: float | None
+    func: Callable[..., Any], ctxt: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+    deadline: float | None,
 ) -> Any:
     if deadline is not None and time.monotonic() > deadline:
         raise _Expired()
-    return func(ctxt, **kwargs)
+    return func(ctxt, *args, **kwargs)

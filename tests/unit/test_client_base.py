@@ -38,8 +38,9 @@ def test_version_cap(client: RPCClient) -> None:
 
 
 def test_envelope_carries_target_and_timeout(client: RPCClient) -> None:
-    data = client.prepare(server="h1", namespace="ns")._envelope(
-        {"user": "u"}, "m", {"x": 1}, cast=True, msg_id="i", exchange="nova")
+    prepared = client.prepare(server="h1", namespace="ns")
+    data = prepared._envelope({"user": "u"}, "m", prepared._dict_args({}, {"x": 1}), cast=True,
+                              msg_id="i", exchange="nova")
     env = Envelope.FromString(data)
     assert (env.target.topic, env.target.server, env.target.namespace) == ("sched", "h1", "ns")
     assert env.target.exchange == "nova" and env.cast and env.timeout_ms == 7000
