@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -30,15 +29,11 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
-import grpc
-import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-
 from grpcrpc.credentials import ServerTLS
 from grpcrpc.discovery.base import DEFAULT_AZ, DEFAULT_EXCHANGE, Endpoint, Registry
 from grpcrpc.dispatcher import Dispatcher
 from grpcrpc.exceptions import ServerError
+from grpcrpc.host import ServiceHost, hostport
 from grpcrpc.serializer import NoOpSerializer, Serializer
 from grpcrpc.servicer import EnvelopeServicer, Identity, Limits
 from grpcrpc.target import Target, parse_version
@@ -48,11 +43,6 @@ __all__ = ["RPCServer", "ServerThread"]
 log = logging.getLogger("grpcrpc.server")
 
 SERVICE_NAME = "grpcrpc.v1.Transport"
-_WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 class RPCServer:
@@ -95,20 +85,13 @@ class RPCServer:
             raise ValueError("a server target needs a topic")
         if target.version is not None:
             parse_version(target.version)
-        if port_range is not None and not 0 < port_range[0] <= port_range[1] < 65536:
-            raise ValueError(f"invalid port_range {port_range}")
         self.target = target.replace(
             server=target.server or socket.gethostname(),
             exchange=target.exchange or DEFAULT_EXCHANGE,
         )
         self.registry = registry
-        self.host = host.strip("[]")
-        self.port = port
-        self.port_range = port_range
-        self.advertise_host = advertise_host
         self.az = az
         self.limits = limits or Limits()
-        self.tls = tls
         self.grace = grace
         self.weight = weight
         self._instance = instance
@@ -120,8 +103,17 @@ class RPCServer:
             self.limits,
             send_tracebacks=send_tracebacks,
         )
-        self._server: grpc.aio.Server | None = None
-        self._health = HealthServicer()
+        self.host = ServiceHost(
+            service_names=[SERVICE_NAME],
+            handlers=[self._servicer.handlers()],
+            registry=registry,
+            host=host,
+            port=port,
+            port_range=port_range,
+            advertise_host=advertise_host,
+            tls=tls,
+            max_message_size=self.limits.max_message_size,
+        )
         self.endpoint: Endpoint | None = None
         self._stopped = asyncio.Event()
 
@@ -129,107 +121,46 @@ class RPCServer:
 
     async def start(self) -> None:
         """Bind, start serving, and announce the endpoint. Raises `ServerError` if it cannot."""
-        if self._server is not None:
-            raise ServerError("server already started")
-        m = self.limits.max_message_size
-        server = grpc.aio.server(
-            options=[
-                # A bind must fail honestly, not share a port with another process.
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", m),
-                ("grpc.max_send_message_length", m),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-            ],
-        )
-        server.add_generic_rpc_handlers([self._servicer.handlers()])
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        port = self._bind(server)
-        await server.start()
-        self._server = server
-        host = self.advertise_host or self._default_advertise_host()
-        self.endpoint = Endpoint(
-            address=_hostport(host, port),
-            topic=self.target.topic or "",
-            server=self.target.server or "",
-            exchange=self.target.exchange or DEFAULT_EXCHANGE,
-            az=self.az,
-            instance=self._instance or f"{os.getpid()}-{port}",
-            version=self.target.version or "",
-            pid=os.getpid(),
-            hostname=socket.gethostname(),
-            started_at=time.time(),
-            tls=self.tls is not None,
-            weight=self.weight,
-        )
-        if self.registry is not None:
-            await asyncio.to_thread(self.registry.announce, self.endpoint)
-        await self._set_health(True)
-        log.info("serving %s/%s as %s at %s", self.target.exchange, self.target.topic,
-                 self.target.server, self.endpoint.address)
+        t = self.target
 
-    def _bind(self, server: grpc.aio.Server) -> int:
-        creds = self.tls.credentials() if self.tls else None
+        def describe(host: str, port: int) -> Endpoint:
+            return Endpoint(
+                address=hostport(host, port),
+                topic=t.topic or "",
+                server=t.server or "",
+                exchange=t.exchange or DEFAULT_EXCHANGE,
+                az=self.az,
+                instance=self._instance or f"{os.getpid()}-{port}",
+                version=t.version or "",
+                pid=os.getpid(),
+                hostname=socket.gethostname(),
+                started_at=time.time(),
+                tls=self.host.tls is not None,
+                weight=self.weight,
+            )
 
-        def add(port: int) -> int:
-            address = _hostport(self.host or "0.0.0.0", port)
-            try:
-                if creds is not None:
-                    return int(server.add_secure_port(address, creds))
-                return int(server.add_insecure_port(address))
-            except RuntimeError:
-                return 0
-
-        if self.port_range is None:
-            bound = add(self.port)
-            if not bound:
-                raise ServerError(f"cannot bind {_hostport(self.host, self.port)}")
-            return bound
-        lo, hi = self.port_range
-        ports = list(range(lo, hi + 1))
-        start = random.randrange(len(ports))  # servers on one host spread over the range
-        for port in ports[start:] + ports[:start]:
-            if add(port):
-                return port
-        raise ServerError(f"no free port in range {lo}-{hi} on {self.host}")
-
-    def _default_advertise_host(self) -> str:
-        if self.host not in _WILDCARDS:
-            return self.host
-        try:
-            return socket.gethostbyname(socket.gethostname())
-        except OSError:
-            return socket.getfqdn()
-
-    async def _set_health(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._health.set("", status)
-        await self._health.set(SERVICE_NAME, status)
+        self.endpoint = await self.host.start(describe)
+        log.info("serving %s/%s as %s at %s", t.exchange, t.topic, t.server, self.endpoint.address)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, withdraw from the registry, let in-flight work finish for `grace`
         seconds (default: the server's), then close. New messages meanwhile are refused with
         a "stopping" answer that lets callers send them elsewhere."""
-        if self._server is None or self._servicer.stopping:
-            await self._stopped.wait() if self._server is not None else None
+        if not self.host.started:
+            return
+        if self._servicer.stopping:
+            await self._stopped.wait()
             return
         grace = self.grace if grace is None else grace
         deadline = time.monotonic() + grace
         self._servicer.stopping = True
-        await self._set_health(False)
-        if self.registry is not None and self.endpoint is not None:
-            try:
-                await asyncio.to_thread(self.registry.withdraw, self.endpoint)
-            except Exception:
-                log.warning("could not withdraw %s from the registry", self.endpoint.address,
-                            exc_info=True)
+        await self.host.withdraw()
         drained = await self._servicer.drain(max(0.0, deadline - time.monotonic()))
         if not drained:
             log.warning("stopping with %d message(s) still running after %.1fs grace",
                         self._servicer.busy, grace)
         await self._servicer.close()
-        await self._server.stop(0.2 if drained else 0)
+        await self.host.close(0.2 if drained else 0)
         self._stopped.set()
 
     async def wait(self) -> None:

@@ -289,5 +289,11 @@ class Registry(abc.ABC):
     def registered(self) -> bool:
         return True
 
+    def add_listener(self, callback: Callable[[bool], None]) -> Callable[[], None]:
+        """Call `callback(registered)` whenever `registered` changes (from the registry's own
+        thread); returns a function that removes the listener. A registry that cannot lose its
+        registration (in-process, static) never calls it."""
+        return lambda: None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Withdraw everything and release resources."""

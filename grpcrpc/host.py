@@ -1,0 +1,174 @@
+"""`ServiceHost`: the gRPC server lifecycle that `RPCServer` and the broadcaster share.
+
+It binds (a port, port 0, or a free port in a range), serves the given handlers plus
+`grpc.health.v1`, announces the endpoint in a registry, keeps health in step with registration
+(SERVING only while registered and accepting), and stops in order: health NOT_SERVING and
+withdraw first, then the owner drains, then the gRPC server closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Callable, Sequence
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from grpcrpc.credentials import ServerTLS
+from grpcrpc.discovery.base import Endpoint, Registry
+from grpcrpc.exceptions import ServerError
+
+__all__ = ["ServiceHost", "hostport"]
+
+log = logging.getLogger("grpcrpc.server")
+
+_WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
+
+
+def hostport(host: str, port: int) -> str:
+    """'::1', 80 -> '[::1]:80'."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class ServiceHost:
+    """One `grpc.aio` server: binding, health, registration. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        service_names: Sequence[str],
+        handlers: Sequence[grpc.GenericRpcHandler],
+        registry: Registry | None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        port_range: tuple[int, int] | None = None,
+        advertise_host: str | None = None,
+        tls: ServerTLS | None = None,
+        max_message_size: int = 4 * 1024 * 1024,
+    ) -> None:
+        if port_range is not None and not 0 < port_range[0] <= port_range[1] < 65536:
+            raise ValueError(f"invalid port_range {port_range}")
+        self.service_names = list(service_names)
+        self.handlers = list(handlers)
+        self.registry = registry
+        self.host = host.strip("[]")
+        self.port = port
+        self.port_range = port_range
+        self.advertise_host = advertise_host
+        self.tls = tls
+        self.max_message_size = max_message_size
+        self.endpoint: Endpoint | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = HealthServicer()
+        self._accepting = False
+        self._remove_listener: Callable[[], None] = lambda: None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._server is not None
+
+    async def start(self, make_endpoint: Callable[[str, int], Endpoint]) -> Endpoint:
+        """Bind and serve; `make_endpoint(advertised_host, port)` describes what to announce."""
+        if self._server is not None:
+            raise ServerError("server already started")
+        self._loop = asyncio.get_running_loop()
+        m = self.max_message_size
+        server = grpc.aio.server(options=[
+            # A bind must fail honestly, not share a port with another process.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", m),
+            ("grpc.max_send_message_length", m),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ])
+        server.add_generic_rpc_handlers(list(self.handlers))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        port = self._bind(server)
+        await server.start()
+        self._server = server
+        self.endpoint = make_endpoint(self.advertise_host or self._default_advertise_host(), port)
+        self._accepting = True
+        if self.registry is not None:
+            self._remove_listener = self.registry.add_listener(self._on_registration)
+            try:
+                await asyncio.to_thread(self.registry.announce, self.endpoint)
+            except Exception:
+                await server.stop(0)
+                self._server = None
+                raise
+        await self._set_health(self._serving())
+        return self.endpoint
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        creds = self.tls.credentials() if self.tls else None
+
+        def add(port: int) -> int:
+            address = hostport(self.host or "0.0.0.0", port)
+            try:
+                if creds is not None:
+                    return int(server.add_secure_port(address, creds))
+                return int(server.add_insecure_port(address))
+            except RuntimeError:
+                return 0
+
+        if self.port_range is None:
+            bound = add(self.port)
+            if not bound:
+                raise ServerError(f"cannot bind {hostport(self.host, self.port)}")
+            return bound
+        lo, hi = self.port_range
+        ports = list(range(lo, hi + 1))
+        start = random.randrange(len(ports))  # servers on one host spread over the range
+        for port in ports[start:] + ports[:start]:
+            if add(port):
+                return port
+        raise ServerError(f"no free port in range {lo}-{hi} on {self.host}")
+
+    def _default_advertise_host(self) -> str:
+        if self.host not in _WILDCARDS:
+            return self.host
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return socket.getfqdn()
+
+    def _serving(self) -> bool:
+        registered = self.registry.registered if self.registry is not None else True
+        return self._accepting and registered
+
+    def _on_registration(self, registered: bool) -> None:
+        # From the registry's thread: health is set on the server's loop.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            def update() -> None:
+                loop.create_task(self._set_health(self._serving()))
+            loop.call_soon_threadsafe(update)
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", *self.service_names):
+            await self._health.set(name, status)
+
+    async def withdraw(self) -> None:
+        """First step of stopping: NOT_SERVING, and out of the registry."""
+        self._accepting = False
+        await self._set_health(False)
+        self._remove_listener()
+        if self.registry is not None and self.endpoint is not None:
+            try:
+                await asyncio.to_thread(self.registry.withdraw, self.endpoint)
+            except Exception:
+                log.warning("could not withdraw %s from the registry", self.endpoint.address,
+                            exc_info=True)
+
+    async def close(self, grace: float) -> None:
+        """Last step of stopping: close the gRPC server (open streams are cancelled)."""
+        if self._server is not None:
+            await self._server.stop(grace)
