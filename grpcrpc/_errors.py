@@ -6,7 +6,11 @@ import grpc
 
 from grpcrpc import exceptions as exc
 
-__all__ = ["map_rpc_error", "never_sent"]
+__all__ = ["NOT_ACCEPTED", "map_rpc_error", "never_sent"]
+
+# A grpcrpc service that refuses a request before acting on it (a stopping broadcaster) says so
+# with UNAVAILABLE and this marker in the details: the caller may send it elsewhere.
+NOT_ACCEPTED = "grpcrpc: not accepted"
 
 # gRPC core fails an RPC with UNAVAILABLE and one of these when it could not open a connection:
 # the request was never written to any transport, so sending it elsewhere cannot deliver it twice.
@@ -27,7 +31,7 @@ def never_sent(error: grpc.RpcError) -> bool:
     if code != grpc.StatusCode.UNAVAILABLE:
         return False
     details = (error.details() or "").lower() if hasattr(error, "details") else ""
-    return any(marker in details for marker in _CONNECT_FAILURES)
+    return NOT_ACCEPTED in details or any(marker in details for marker in _CONNECT_FAILURES)
 
 
 def map_rpc_error(error: grpc.RpcError, what: str) -> exc.GrpcrpcError:
@@ -42,6 +46,8 @@ def map_rpc_error(error: grpc.RpcError, what: str) -> exc.GrpcrpcError:
         return exc.Overloaded(f"{what}: {details}")
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return exc.Unauthorized(f"{what}: not authorized")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return exc.InvalidEnvelope(f"{what}: {details}")
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return exc.InvalidEnvelope(f"{what}: the peer is not a grpcrpc server ({details})")
     if never_sent(error):

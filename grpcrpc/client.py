@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Iterable
 from typing import Any, Self, TypeVar
 
@@ -24,7 +25,7 @@ from google.protobuf.message import Message
 
 from grpcrpc import envelope as ev
 from grpcrpc.discovery.base import Resolver
-from grpcrpc.exceptions import InvalidEnvelope, SerializationError, VersionCapError
+from grpcrpc.exceptions import InvalidEnvelope, NoEndpoints, SerializationError, VersionCapError
 from grpcrpc.fanout import FanoutReport
 from grpcrpc.serializer import NoOpSerializer, Serializer
 from grpcrpc.target import Target, parse_version, version_is_compatible
@@ -35,6 +36,8 @@ from grpcrpc.transport.sync import SyncTransport
 __all__ = ["UNSET", "AsyncRPCClient", "RPCClient", "Unset"]
 
 DEFAULT_TIMEOUT = 60.0
+
+log = logging.getLogger("grpcrpc.client")
 
 
 class Unset(enum.Enum):
@@ -196,6 +199,13 @@ class _ClientBase:
             return None
         raise InvalidEnvelope(f"{method}: the server's reply carries no outcome")
 
+    def _check_fallback(self, err: NoEndpoints) -> None:
+        """No broadcaster took a fanout (so nothing was delivered): may the client fan out?"""
+        transport: SyncTransport | AsyncTransport = self.transport  # type: ignore[attr-defined]
+        if not transport.options.client_fanout_fallback:
+            raise NoEndpoints(f"no broadcaster reachable and client fanout is off: {err}") from None
+        log.debug("fanning out from the client: %s", err)
+
     def _what(self, method: str) -> str:
         return f"{self.target.topic}.{method}"
 
@@ -279,8 +289,13 @@ class RPCClient(_ClientBase):
         data = self._envelope(ctxt, method, args, cast=True, msg_id=self._new_id(),
                               exchange=t.options.exchange)
         if self.target.fanout:
-            endpoints = t.fanout_targets(self.target)
-            return t.fanout(endpoints, data, self.timeout, self._what(method))
+            what = self._what(method)
+            if t.options.use_broadcaster:
+                try:
+                    return t.broadcast(self.target, data, self.timeout, what)
+                except NoEndpoints as err:
+                    self._check_fallback(err)
+            return t.fanout(t.fanout_targets(self.target), data, self.timeout, what)
         reply = t.request(self.target, data, self.timeout, self._what(method), self.retry)
         self._result(ctxt, method, reply)
         return None
@@ -365,8 +380,14 @@ class AsyncRPCClient(_ClientBase):
         data = self._envelope(ctxt, method, args, cast=True, msg_id=msg_id,
                               exchange=t.options.exchange)
         if self.target.fanout:
+            what = self._what(method)
+            if t.options.use_broadcaster:
+                try:
+                    return await t.broadcast(self.target, data, self.timeout, what)
+                except NoEndpoints as err:
+                    self._check_fallback(err)
             endpoints = t.fanout_targets(self.target)
-            return await t.fanout(endpoints, msg_id, data, self.timeout, self._what(method))
+            return await t.fanout(endpoints, msg_id, data, self.timeout, what)
         reply = await t.request(
             self.target, msg_id, data, self.timeout, self._what(method), self.retry
         )

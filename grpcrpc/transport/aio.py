@@ -33,19 +33,20 @@ from grpcrpc.discovery.base import Endpoint, Resolver
 from grpcrpc.exceptions import ClientClosed, DeliveryError, InvalidEnvelope, MessagingTimeout
 from grpcrpc.target import Target
 from grpcrpc.transport.base import (
+    FANOUT_METHOD,
     STREAM_METHOD,
     Attempts,
+    NotSent,
     TransportBase,
     TransportOptions,
+    broadcaster_target,
     channel_options,
     check_size,
+    fanout_request,
+    parse_report,
 )
 
 __all__ = ["AsyncTransport"]
-
-
-class _NotSent(Exception):
-    """The stream could not open: nothing was written."""
 
 
 class _Stream:
@@ -74,7 +75,7 @@ class _Stream:
             except grpc.RpcError as err:
                 self.broken = True
                 if never_sent(err):
-                    raise _NotSent(err.details() or "") from None
+                    raise NotSent(err.details() or "") from None
                 raise map_rpc_error(err, f"stream @ {self.address}") from None
             self._reader = asyncio.get_running_loop().create_task(self._read())
             self._opened = True
@@ -84,7 +85,7 @@ class _Stream:
         if not self._opened:
             await self._open()
         if self.broken:
-            raise _NotSent("stream closed")
+            raise NotSent("stream closed")
         fut: asyncio.Future[ev.Reply] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = fut
         try:
@@ -151,6 +152,7 @@ class _Conn:
     ) -> None:
         self.channel = channel
         self.address = address
+        self.fanout = channel.unary_unary(FANOUT_METHOD)
         self._metadata = metadata
         self._streams: list[_Stream | None] = [None] * max(1, n)
         self._next = itertools.count()
@@ -249,7 +251,7 @@ class AsyncTransport(TransportBase):
             try:
                 try:
                     fut = await stream.request(msg_id, data)
-                except _NotSent as err:
+                except NotSent as err:
                     attempts.never_sent(endpoint, str(err))
                     continue
                 try:
@@ -269,14 +271,58 @@ class AsyncTransport(TransportBase):
             if attempts.accepted(endpoint, reply):
                 return reply
 
+    async def broadcast(self, target: Target, data: bytes, timeout: float | None, what: str
+                        ) -> fanout.FanoutReport:
+        """Hand a fanout cast to a broadcaster of the target's AZ; its delivery report.
+
+        `NoEndpoints` when no broadcaster took it (none registered, or none reachable before
+        anything was sent): the caller may then fan out itself without risk of duplicates.
+        """
+        request = fanout_request(data)
+        check_size(request, self.options, what)
+        attempts = Attempts(self, broadcaster_target(target), timeout)
+        while True:
+            endpoint = attempts.next_endpoint()
+            try:
+                report = await self.forward(endpoint, request, attempts.remaining(), what)
+            except NotSent as err:
+                attempts.never_sent(endpoint, str(err))
+                continue
+            attempts.succeeded(endpoint)
+            return report
+
+    async def forward(self, endpoint: Endpoint, request: bytes, timeout: float | None, what: str
+                      ) -> fanout.FanoutReport:
+        """Send a `FanoutRequest` to one broadcaster. `NotSent` if it provably never left."""
+        address = endpoint.address
+        conn = self._conn(address)
+        self.balancer.begin(address)
+        try:
+            raw = await conn.fanout(request, timeout=timeout, metadata=self.options.metadata or None)
+        except grpc.RpcError as err:
+            if never_sent(err):
+                raise NotSent(err.details() or "") from None
+            raise map_rpc_error(err, f"{what} @ {address}") from None
+        finally:
+            self._done(address)
+        return parse_report(raw)
+
     async def fanout(
         self, endpoints: Sequence[Endpoint], msg_id: str, data: bytes, timeout: float | None,
-        what: str,
+        what: str, parallelism: int | None = None,
     ) -> fanout.FanoutReport:
-        """Send one cast envelope to every endpoint at once; who accepted it."""
+        """Send one cast envelope to every endpoint, at most `parallelism` at once; who
+        accepted it."""
         check_size(data, self.options, what)
+        limit = asyncio.Semaphore(parallelism) if parallelism else None
 
         async def one(endpoint: Endpoint) -> fanout.Failed | None:
+            if limit is None:
+                return await deliver(endpoint)
+            async with limit:
+                return await deliver(endpoint)
+
+        async def deliver(endpoint: Endpoint) -> fanout.Failed | None:
             address = endpoint.address
             stream = self._conn(address).stream()
             self.balancer.begin(address)
@@ -287,7 +333,7 @@ class AsyncTransport(TransportBase):
             except TimeoutError:
                 stream.forget(msg_id)
                 return fanout.Failed(address, endpoint.server, "timed out")
-            except (_NotSent, DeliveryError, grpc.RpcError) as err:
+            except (NotSent, DeliveryError, grpc.RpcError) as err:
                 return fanout.Failed(address, endpoint.server, f"{type(err).__name__}: {err}")
             finally:
                 self._done(address)

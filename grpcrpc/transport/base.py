@@ -19,21 +19,34 @@ from grpcrpc import envelope as ev
 from grpcrpc.balancer import Balancer, Policy
 from grpcrpc.credentials import ClientTLS
 from grpcrpc.discovery.base import DEFAULT_AZ, DEFAULT_EXCHANGE, Endpoint, Resolver, RoutingTable
-from grpcrpc.exceptions import MessageTooLarge, MessagingTimeout, NoEndpoints
+from grpcrpc.exceptions import InvalidEnvelope, MessageTooLarge, MessagingTimeout, NoEndpoints
+from grpcrpc.fanout import FanoutReport
+from grpcrpc.generated.v1 import broadcaster_pb2 as bpb
 from grpcrpc.target import Target
 
 __all__ = [
+    "BROADCASTER_EXCHANGE",
+    "BROADCASTER_TOPIC",
+    "FANOUT_METHOD",
     "STREAM_METHOD",
     "UNARY_METHOD",
     "Attempts",
     "TransportBase",
     "TransportOptions",
+    "broadcaster_target",
     "channel_options",
     "check_size",
+    "fanout_request",
+    "parse_report",
 ]
 
 STREAM_METHOD = "/grpcrpc.v1.Transport/Stream"
 UNARY_METHOD = "/grpcrpc.v1.Transport/Unary"
+FANOUT_METHOD = "/grpcrpc.v1.Broadcaster/Fanout"
+
+# Broadcasters register like any server, under this topic and exchange, one set per AZ.
+BROADCASTER_TOPIC = "grpcrpc.broadcaster"
+BROADCASTER_EXCHANGE = "grpcrpc"
 
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 
@@ -61,6 +74,11 @@ class TransportOptions:
     streams_per_endpoint: int = 1
     keepalive_ms: int = 20_000
     metadata: tuple[tuple[str, str], ...] = field(default=())
+    # Fanouts go through a broadcaster of the AZ when one is registered ...
+    use_broadcaster: bool = True
+    # ... and when none is reachable, the client delivers to every server itself (else
+    # NoEndpoints).
+    client_fanout_fallback: bool = True
 
 def channel_options(opts: TransportOptions) -> list[tuple[str, Any]]:
     return [
@@ -121,8 +139,15 @@ class TransportBase:
         return self.balancer.pick(left)
 
     def fanout_targets(self, target: Target) -> Sequence[Endpoint]:
-        """Every endpoint of the topic (in the first AZ that has any), for a client-side fanout."""
-        return self.candidates(target.replace(server=None))
+        """Every endpoint of the topic in the target's AZ (else this client's), for a client-side
+        fanout. Fallback AZs do not apply: a fanout never leaves the AZ unless told to."""
+        if not target.topic:
+            raise NoEndpoints("the target has no topic")
+        o = self.options
+        return self.resolver.table.candidates(
+            topic=target.topic, exchange=target.exchange or o.exchange, own_az=o.az, az=target.az
+        )
+
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -145,6 +170,27 @@ class TransportBase:
         if self._owns_resolver:
             self.resolver.close()
 
+
+def broadcaster_target(target: Target) -> Target:
+    """Where the broadcasters for a fanout to `target` are: the same AZ."""
+    return Target(topic=BROADCASTER_TOPIC, exchange=BROADCASTER_EXCHANGE, az=target.az)
+
+
+def fanout_request(envelope: bytes, targets: Sequence[Endpoint] = (), depth: int = 0) -> bytes:
+    return bpb.FanoutRequest(
+        envelope=ev.Envelope.FromString(envelope),
+        targets=[bpb.FanoutTarget(address=e.address, server=e.server) for e in targets],
+        depth=depth,
+    ).SerializeToString()
+
+
+def parse_report(data: bytes) -> FanoutReport:
+    try:
+        return FanoutReport.from_pb(ev.FanoutReport.FromString(data))
+    except Exception as err:  # DecodeError and friends
+        raise InvalidEnvelope(f"not a fanout report: {err}") from None
+
+
 def _describe(target: Target, opts: TransportOptions) -> str:
     where = f"az {target.az}" if target.az else f"az {opts.az}" + (
         f" (or {', '.join(opts.fallback_azs)})" if opts.fallback_azs else ""
@@ -154,6 +200,10 @@ def _describe(target: Target, opts: TransportOptions) -> str:
         f"no endpoints for topic {target.topic}{server} in exchange "
         f"{target.exchange or opts.exchange}, {where}"
     )
+
+
+class NotSent(Exception):
+    """Internal: the message provably did not leave (the connection never opened)."""
 
 
 class Attempts:
@@ -205,6 +255,9 @@ class Attempts:
         self._transport.balancer.ejections.eject(endpoint.address)
         self._tried |= {endpoint.address}
         self._last = f"{endpoint.address}: {why}"
+
+    def succeeded(self, endpoint: Endpoint) -> None:
+        self._transport.balancer.ejections.restore(endpoint.address)
 
     def accepted(self, endpoint: Endpoint, reply: ev.Reply) -> bool:
         """False when the server refused the message without running it (try elsewhere)."""

@@ -23,24 +23,29 @@ from grpcrpc.discovery.base import Endpoint, Resolver
 from grpcrpc.exceptions import ClientClosed
 from grpcrpc.target import Target
 from grpcrpc.transport.base import (
+    FANOUT_METHOD,
     UNARY_METHOD,
     Attempts,
     TransportBase,
     TransportOptions,
+    broadcaster_target,
     channel_options,
     check_size,
+    fanout_request,
+    parse_report,
 )
 
 __all__ = ["SyncTransport"]
 
 
 class _Conn:
-    __slots__ = ("channel", "unary")
+    __slots__ = ("channel", "fanout", "unary")
 
     def __init__(self, channel: grpc.Channel) -> None:
         self.channel = channel
         # Bytes in, bytes out: parsing is ours, so a bad reply is a named error, not gRPC's.
         self.unary = channel.unary_unary(UNARY_METHOD)
+        self.fanout = channel.unary_unary(FANOUT_METHOD)
 
 
 class SyncTransport(TransportBase):
@@ -113,14 +118,35 @@ class SyncTransport(TransportBase):
         check_size(data, self.options, what)
         attempts = Attempts(self, target, timeout, retry)
         while True:
+            endpoint, raw = self._send(attempts, "unary", data, what)
+            reply = ev.parse_reply(raw)
+            if attempts.accepted(endpoint, reply):
+                return reply
+
+    def broadcast(self, target: Target, data: bytes, timeout: float | None, what: str
+                  ) -> fanout.FanoutReport:
+        """Hand a fanout cast to a broadcaster of the target's AZ; its delivery report.
+
+        `NoEndpoints` when no broadcaster took it (none registered, or none reachable before
+        anything was sent): the caller may then fan out itself without risk of duplicates.
+        """
+        request = fanout_request(data)
+        check_size(request, self.options, what)
+        attempts = Attempts(self, broadcaster_target(target), timeout)
+        endpoint, raw = self._send(attempts, "fanout", request, what)
+        attempts.succeeded(endpoint)
+        return parse_report(raw)
+
+    def _send(self, attempts: Attempts, rpc: str, data: bytes, what: str) -> tuple[Endpoint, bytes]:
+        """Send to endpoints in turn until one takes the message (connection opened)."""
+        while True:
             endpoint = attempts.next_endpoint()
             address = endpoint.address
             conn = self._conn(address)
             self.balancer.begin(address)
             try:
-                raw = conn.unary(
-                    data, timeout=attempts.remaining(), metadata=self._metadata
-                )
+                call = conn.unary if rpc == "unary" else conn.fanout
+                return endpoint, call(data, timeout=attempts.remaining(), metadata=self._metadata)
             except grpc.RpcError as err:
                 if never_sent(err):
                     attempts.never_sent(endpoint, err.details() or "")
@@ -130,9 +156,6 @@ class SyncTransport(TransportBase):
                 raise ClientClosed(f"{what}: {err}") from None
             finally:
                 self._done(address)
-            reply = ev.parse_reply(raw)
-            if attempts.accepted(endpoint, reply):
-                return reply
 
     def fanout(
         self, endpoints: Sequence[Endpoint], data: bytes, timeout: float | None, what: str
