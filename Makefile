@@ -37,7 +37,7 @@ demo: $(STAMP) etcd
 	$(PY) -m grpcrpc.demo
 
 bench: $(STAMP) etcd
-	$(PY) bench/run.py
+	$(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info

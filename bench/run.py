@@ -1,19 +1,22 @@
-"""`make bench`: every benchmark, one table each. `--smoke` runs each with tiny counts."""
+"""`make bench` (`python -m bench.run`): every benchmark, one table each.
+
+`--smoke` runs each with tiny counts (the test suite does, to keep them working).
+"""
 
 from __future__ import annotations
 
-import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from bench import bench_core
+from bench import bench_core, bench_fanout
 
 
 def main() -> None:
     args = sys.argv[1:]
-    print("== grpcrpc vs raw grpcio ==")
+    print("== grpcrpc vs raw grpcio ==", flush=True)
     bench_core.main(args)
+    print()
+    print("== fanout: client vs broadcasters ==", flush=True)
+    bench_fanout.main(args)
 
 
 if __name__ == "__main__":

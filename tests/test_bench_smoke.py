@@ -8,7 +8,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_bench_smoke() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke"],
+    out = subprocess.run([sys.executable, "-m", "bench.run", "--smoke"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "grpcrpc cast x256" in out.stdout and "vs ref" in out.stdout
+    assert "3 broadcasters" in out.stdout
