@@ -35,7 +35,7 @@ import grpc
 import grpc.aio
 
 from grpcrpc import envelope as ev
-from grpcrpc import fanout
+from grpcrpc import fanout, tracing
 from grpcrpc._errors import NOT_ACCEPTED
 from grpcrpc.credentials import ServerTLS
 from grpcrpc.discovery.base import DEFAULT_AZ, Endpoint, InvalidEndpoint, Registry, Resolver
@@ -212,6 +212,15 @@ class Broadcaster:
         self.fanouts += 1
         env = request.envelope
         env.fanout = True
+        with tracing.broadcaster_span(env.headers, env.target.topic, env.method, env.id,
+                                      self.az) as span:
+            report = await self._deliver(request, env)
+            tracing.record_fanout(span, report.targets, len(report.failures), env.target.topic)
+        return report
+
+    async def _deliver(self, request: bpb.FanoutRequest, env: ev.Envelope) -> fanout.FanoutReport:
+        # Serialised once, after the broadcaster's span is in the headers: every delivery is
+        # its child.
         data = env.SerializeToString()
         failures: list[fanout.Failed] = []
         if request.targets:

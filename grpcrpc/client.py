@@ -24,6 +24,7 @@ from typing import Any, Self, TypeVar
 from google.protobuf.message import Message
 
 from grpcrpc import envelope as ev
+from grpcrpc import tracing
 from grpcrpc.discovery.base import Resolver
 from grpcrpc.exceptions import InvalidEnvelope, NoEndpoints, SerializationError, VersionCapError
 from grpcrpc.fanout import FanoutReport
@@ -155,7 +156,7 @@ class _ClientBase:
 
     def _envelope(
         self, ctxt: Any, method: str, args: ev.Payload, *, cast: bool, msg_id: str,
-        exchange: str,
+        exchange: str, headers: dict[str, str],
     ) -> bytes:
         if not method or not isinstance(method, str):
             raise ValueError("method must be a non-empty string")
@@ -175,6 +176,7 @@ class _ClientBase:
             ev.encode_json(context),
             cast=cast,
             fanout=self.target.fanout,
+            headers=headers,
             timeout_ms=0 if self.timeout is None else int(self.timeout * 1000),
             exchange=exchange,
         )
@@ -208,6 +210,14 @@ class _ClientBase:
 
     def _what(self, method: str) -> str:
         return f"{self.target.topic}.{method}"
+
+    def _span(self, kind: str, method: str, msg_id: str) -> Any:
+        t = self.target
+        return tracing.client_span(kind, t.topic or "", method, msg_id, server=t.server or "",
+                                   az=t.az or "", version=t.version or "")
+
+    def _kind(self, cast: bool) -> str:
+        return "fanout" if cast and self.target.fanout else ("cast" if cast else "call")
 
 
 def _transport_for(
@@ -279,15 +289,23 @@ class RPCClient(_ClientBase):
     def _call(self, ctxt: Any, method: str, args: ev.Payload, response_type: type[M] | None
               ) -> Any:
         t = self.transport
-        data = self._envelope(ctxt, method, args, cast=False, msg_id=self._new_id(),
-                              exchange=t.options.exchange)
-        reply = t.request(self.target, data, self.timeout, self._what(method), self.retry)
-        return self._result(ctxt, method, reply, response_type)
+        msg_id = self._new_id()
+        with self._span("call", method, msg_id) as headers:
+            data = self._envelope(ctxt, method, args, cast=False, msg_id=msg_id,
+                                  exchange=t.options.exchange, headers=headers)
+            reply = t.request(self.target, data, self.timeout, self._what(method), self.retry)
+            return self._result(ctxt, method, reply, response_type)
 
     def _cast(self, ctxt: Any, method: str, args: ev.Payload) -> FanoutReport | None:
+        msg_id = self._new_id()
+        with self._span(self._kind(True), method, msg_id) as headers:
+            return self._send_cast(ctxt, method, args, msg_id, headers)
+
+    def _send_cast(self, ctxt: Any, method: str, args: ev.Payload, msg_id: str,
+                   headers: dict[str, str]) -> FanoutReport | None:
         t = self.transport
-        data = self._envelope(ctxt, method, args, cast=True, msg_id=self._new_id(),
-                              exchange=t.options.exchange)
+        data = self._envelope(ctxt, method, args, cast=True, msg_id=msg_id,
+                              exchange=t.options.exchange, headers=headers)
         if self.target.fanout:
             what = self._what(method)
             if t.options.use_broadcaster:
@@ -367,18 +385,24 @@ class AsyncRPCClient(_ClientBase):
     ) -> Any:
         t = self.transport
         msg_id = self._new_id()
-        data = self._envelope(ctxt, method, args, cast=False, msg_id=msg_id,
-                              exchange=t.options.exchange)
-        reply = await t.request(
-            self.target, msg_id, data, self.timeout, self._what(method), self.retry
-        )
-        return self._result(ctxt, method, reply, response_type)
+        with self._span("call", method, msg_id) as headers:
+            data = self._envelope(ctxt, method, args, cast=False, msg_id=msg_id,
+                                  exchange=t.options.exchange, headers=headers)
+            reply = await t.request(
+                self.target, msg_id, data, self.timeout, self._what(method), self.retry
+            )
+            return self._result(ctxt, method, reply, response_type)
 
     async def _cast(self, ctxt: Any, method: str, args: ev.Payload) -> FanoutReport | None:
-        t = self.transport
         msg_id = self._new_id()
+        with self._span(self._kind(True), method, msg_id) as headers:
+            return await self._send_cast(ctxt, method, args, msg_id, headers)
+
+    async def _send_cast(self, ctxt: Any, method: str, args: ev.Payload, msg_id: str,
+                         headers: dict[str, str]) -> FanoutReport | None:
+        t = self.transport
         data = self._envelope(ctxt, method, args, cast=True, msg_id=msg_id,
-                              exchange=t.options.exchange)
+                              exchange=t.options.exchange, headers=headers)
         if self.target.fanout:
             what = self._what(method)
             if t.options.use_broadcaster:

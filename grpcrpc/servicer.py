@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from grpcrpc import envelope as ev
+from grpcrpc import tracing
 from grpcrpc.dispatcher import Dispatcher, Handler
 from grpcrpc.exceptions import GrpcrpcError, InvalidEnvelope, NoSuchMethod, UnsupportedVersion
 from grpcrpc.serializer import Serializer
@@ -240,22 +242,29 @@ class EnvelopeServicer:
             self._casts.add(task)
             task.add_done_callback(self._casts.discard)
             return ev.Reply(id=env.id, accepted=True)
-        try:
-            result = await self._invoke(handler, ctxt, args, kwargs, deadline)
-        except _Expired:
-            return ev.reply_failure(env.id, ev.ErrorCode.EXPIRED, "deadline passed while queued")
-        except Exception as err:
-            log.info("%s.%s raised %s: %s", env.target.topic, env.method,
-                     type(err).__name__, err, exc_info=log.isEnabledFor(logging.DEBUG))
-            return ev.Reply(id=env.id, failure=self._failure(err))
-        try:
-            payload = self._result_payload(env, ctxt, result)
-        except Exception as err:
-            return ev.reply_failure(
-                env.id, ev.ErrorCode.SERIALIZATION,
-                f"{env.method} returned a result that cannot be serialised: {err}",
-            )
-        return ev.Reply(id=env.id, result=payload)
+        me = self.identity
+        with tracing.server_span(env.headers, me.topic, env.method, env.id, cast=False,
+                                 server=me.server, az=me.az) as span:
+            try:
+                result = await self._invoke(handler, ctxt, args, kwargs, deadline)
+            except _Expired:
+                tracing.mark_failed(span, "Expired", "deadline passed while queued")
+                return ev.reply_failure(env.id, ev.ErrorCode.EXPIRED,
+                                        "deadline passed while queued")
+            except Exception as err:
+                log.info("%s.%s raised %s: %s", env.target.topic, env.method,
+                         type(err).__name__, err, exc_info=log.isEnabledFor(logging.DEBUG))
+                tracing.mark_failed(span, type(err).__name__, str(err))
+                return ev.Reply(id=env.id, failure=self._failure(err))
+            try:
+                payload = self._result_payload(env, ctxt, result)
+            except Exception as err:
+                tracing.mark_failed(span, "SerializationError", str(err))
+                return ev.reply_failure(
+                    env.id, ev.ErrorCode.SERIALIZATION,
+                    f"{env.method} returned a result that cannot be serialised: {err}",
+                )
+            return ev.Reply(id=env.id, result=payload)
 
     def _result_payload(self, env: ev.Envelope, ctxt: Any, result: Any) -> ev.Payload:
         """Answer in the caller's form: typed to a typed caller, JSON to a dict-style one."""
@@ -269,13 +278,18 @@ class EnvelopeServicer:
         self, env: ev.Envelope, handler: Handler, ctxt: Any, args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        try:
-            await self._invoke(handler, ctxt, args, kwargs, None)
-        except asyncio.CancelledError:
-            log.warning("cast %s.%s cancelled at shutdown", env.target.topic, env.method)
-        except Exception:
-            # Nobody hears of a cast's failure but the server's log (oslo semantics).
-            log.exception("cast %s.%s failed", env.target.topic, env.method)
+        me = self.identity
+        with tracing.server_span(env.headers, me.topic, env.method, env.id, cast=True,
+                                 fanout=env.fanout, server=me.server, az=me.az) as span:
+            try:
+                await self._invoke(handler, ctxt, args, kwargs, None)
+            except asyncio.CancelledError:
+                log.warning("cast %s.%s cancelled at shutdown", env.target.topic, env.method)
+                tracing.mark_failed(span, "CancelledError", "cancelled at shutdown")
+            except Exception as err:
+                # Nobody hears of a cast's failure but the server's log (oslo semantics).
+                log.exception("cast %s.%s failed", env.target.topic, env.method)
+                tracing.mark_failed(span, type(err).__name__, str(err))
 
     def _decode(
         self, env: ev.Envelope, handler: Handler
@@ -311,7 +325,10 @@ class EnvelopeServicer:
                 self._release(handler)
         loop = asyncio.get_running_loop()
         try:
-            cf = self._executor.submit(_run_sync, handler.func, ctxt, args, kwargs, deadline)
+            # The thread runs in a copy of this task's context: the trace (and anything else in
+            # contextvars) follows the call into plain-function endpoints.
+            cf = self._executor.submit(contextvars.copy_context().run, _run_sync, handler.func,
+                                       ctxt, args, kwargs, deadline)
         except RuntimeError:  # the pool was shut down under us
             self._release(handler)
             raise

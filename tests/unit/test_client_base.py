@@ -40,10 +40,11 @@ def test_version_cap(client: RPCClient) -> None:
 def test_envelope_carries_target_and_timeout(client: RPCClient) -> None:
     prepared = client.prepare(server="h1", namespace="ns")
     data = prepared._envelope({"user": "u"}, "m", prepared._dict_args({}, {"x": 1}), cast=True,
-                              msg_id="i", exchange="nova")
+                              msg_id="i", exchange="nova", headers={"traceparent": "t"})
     env = Envelope.FromString(data)
     assert (env.target.topic, env.target.server, env.target.namespace) == ("sched", "h1", "ns")
     assert env.target.exchange == "nova" and env.cast and env.timeout_ms == 7000
+    assert dict(env.headers) == {"traceparent": "t"}
 
 
 def test_unserialisable_argument_fails_before_sending(client: RPCClient) -> None:

@@ -1,0 +1,258 @@
+"""The one module that knows OpenTelemetry.
+
+grpcrpc makes its own spans, one per envelope (the stock gRPC instrumentation sees one span per
+stream): a client span for each call, cast and fanout, a broadcaster span per fanout, and a
+server span per dispatched envelope. The context travels in the envelope's headers as W3C
+`traceparent`/`tracestate`/`baggage`, so one trace spans client → broadcaster → every server,
+and a server's own outgoing calls become children.
+
+The call path depends on `opentelemetry-api` only. Until an SDK tracer provider is installed
+(by `configure()`, or by the application's own OpenTelemetry set-up) grpcrpc makes no spans at
+all — it only passes an incoming trace context on to outgoing calls — so tracing costs almost
+nothing when off.
+
+>>> configure  # doctest: +ELLIPSIS
+<function configure at ...>
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
+
+__all__ = [
+    "broadcaster_span",
+    "client_span",
+    "configure",
+    "enabled",
+    "inject",
+    "mark_failed",
+    "metrics_instruments",
+    "record_fanout",
+    "server_span",
+]
+
+_tracer = trace.get_tracer("grpcrpc")
+_meter = metrics.get_meter("grpcrpc")
+
+SYSTEM = "grpcrpc"
+
+
+class _Instruments:
+    """OpenTelemetry metrics (no-ops until a meter provider is configured)."""
+
+    def __init__(self) -> None:
+        m = _meter
+        self.call_duration = m.create_histogram(
+            "rpc.client.duration", unit="s", description="Duration of grpcrpc calls and casts")
+        self.server_duration = m.create_histogram(
+            "rpc.server.duration", unit="s", description="Duration of dispatched envelopes")
+        self.in_flight = m.create_up_down_counter(
+            "grpcrpc.server.in_flight", description="Envelopes being dispatched")
+        self.casts = m.create_counter(
+            "grpcrpc.server.casts", description="Casts accepted or rejected by servers")
+        self.fanout_deliveries = m.create_counter(
+            "grpcrpc.fanout.deliveries", description="Fanout deliveries, by outcome")
+        self.endpoints = m.create_up_down_counter(
+            "grpcrpc.endpoints", description="Endpoints known to resolvers, by topic")
+        self.registered = m.create_up_down_counter(
+            "grpcrpc.registered", description="1 while a server's registration is live")
+
+
+metrics_instruments = _Instruments()
+
+
+def enabled() -> bool:
+    """Whether a real (SDK) tracer provider is installed."""
+    return not isinstance(trace.get_tracer_provider(), (ProxyTracerProvider, NoOpTracerProvider))
+
+
+def inject(headers: MutableMapping[str, str]) -> None:
+    """Put the current trace context (and baggage) into outgoing envelope headers."""
+    propagate.inject(headers)
+
+
+def _attributes(topic: str, method: str, msg_id: str, *, operation: str, server: str = "",
+                az: str = "", version: str = "") -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "rpc.system": SYSTEM,
+        "rpc.service": topic,
+        "rpc.method": method,
+        "messaging.system": SYSTEM,
+        "messaging.operation.type": operation,
+        "messaging.destination.name": topic,
+    }
+    if msg_id:
+        attrs["messaging.message.id"] = msg_id
+    if server:
+        attrs["grpcrpc.target.server"] = server
+    if az:
+        attrs["grpcrpc.az"] = az
+    if version:
+        attrs["grpcrpc.version"] = version
+    return attrs
+
+
+def _fail(span: trace.Span, error: BaseException) -> None:
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:200]))
+    span.set_attribute("error.type", type(error).__name__)
+    span.record_exception(error)
+
+
+@contextmanager
+def client_span(kind: str, topic: str, method: str, msg_id: str = "", *, server: str = "",
+                az: str = "", version: str = "") -> Iterator[dict[str, str]]:
+    """Around one call, cast or fanout; yields the headers to put in its envelope.
+
+    `kind` is "call", "cast" or "fanout". A failure marks the span with an error status and
+    the exception type.
+    """
+    headers: dict[str, str] = {}
+    if not enabled():
+        propagate.inject(headers)  # pass on a context we are running in, if any
+        yield headers
+        return
+    span_kind = SpanKind.CLIENT if kind == "call" else SpanKind.PRODUCER
+    attrs = _attributes(topic, method, msg_id, operation="send" if kind != "call" else "call",
+                        server=server, az=az, version=version)
+    attrs["grpcrpc.kind"] = kind
+    start = time.perf_counter()
+    with _tracer.start_as_current_span(f"{topic}/{method} {kind}", kind=span_kind,
+                                       attributes=attrs, record_exception=False,
+                                       set_status_on_exception=False) as span:
+        propagate.inject(headers)
+        try:
+            yield headers
+        except BaseException as error:
+            _fail(span, error)
+            raise
+        finally:
+            metrics_instruments.call_duration.record(
+                time.perf_counter() - start, {"rpc.service": topic, "grpcrpc.kind": kind})
+
+
+@contextmanager
+def server_span(headers: Mapping[str, str], topic: str, method: str, msg_id: str, *,
+                cast: bool, fanout: bool = False, server: str = "", az: str = ""
+                ) -> Iterator[trace.Span | None]:
+    """Around the dispatch of one envelope, as a child of the caller's span.
+
+    Even with tracing off, the caller's context is made current, so the endpoint's own
+    outgoing calls carry it on.
+    """
+    parent = propagate.extract(headers) if headers else None
+    token = otel_context.attach(parent) if parent is not None else None
+    try:
+        if not enabled():
+            yield None
+            return
+        kind = SpanKind.CONSUMER if cast else SpanKind.SERVER
+        attrs = _attributes(topic, method, msg_id, operation="process", server=server, az=az)
+        attrs["grpcrpc.kind"] = "fanout" if fanout else ("cast" if cast else "call")
+        start = time.perf_counter()
+        metrics_instruments.in_flight.add(1, {"rpc.service": topic})
+        with _tracer.start_as_current_span(f"{topic}/{method} process", kind=kind,
+                                           attributes=attrs, record_exception=False,
+                                           set_status_on_exception=False) as span:
+            try:
+                yield span
+            except BaseException as error:
+                _fail(span, error)
+                raise
+            finally:
+                metrics_instruments.in_flight.add(-1, {"rpc.service": topic})
+                metrics_instruments.server_duration.record(
+                    time.perf_counter() - start, {"rpc.service": topic})
+    finally:
+        if token is not None:
+            otel_context.detach(token)
+
+
+def mark_failed(span: trace.Span | None, error_type: str, message: str) -> None:
+    """Mark a server span failed when the failure is returned, not raised."""
+    if span is not None:
+        span.set_status(Status(StatusCode.ERROR, message[:200]))
+        span.set_attribute("error.type", error_type)
+
+
+@contextmanager
+def broadcaster_span(headers: MutableMapping[str, str], topic: str, method: str, msg_id: str,
+                     az: str) -> Iterator[trace.Span | None]:
+    """Around one fanout in a broadcaster; rewrites `headers` so that the deliveries it makes
+    are children of this span."""
+    parent = propagate.extract(headers) if headers else None
+    token = otel_context.attach(parent) if parent is not None else None
+    try:
+        if not enabled():
+            yield None
+            return
+        attrs = _attributes(topic, method, msg_id, operation="send", az=az)
+        attrs["grpcrpc.kind"] = "fanout"
+        with _tracer.start_as_current_span(f"{topic}/{method} broadcast", kind=SpanKind.SERVER,
+                                           attributes=attrs) as span:
+            for key in ("traceparent", "tracestate"):
+                headers.pop(key, None)
+            propagate.inject(headers)
+            yield span
+    finally:
+        if token is not None:
+            otel_context.detach(token)
+
+
+def record_fanout(span: trace.Span | None, targets: int, failed: int, topic: str) -> None:
+    if span is not None:
+        span.set_attribute("grpcrpc.fanout.targets", targets)
+        span.set_attribute("grpcrpc.fanout.failed", failed)
+        if failed:
+            span.set_status(Status(StatusCode.ERROR, f"{failed} of {targets} deliveries failed"))
+    if enabled():
+        metrics_instruments.fanout_deliveries.add(targets - failed,
+                                                  {"rpc.service": topic, "outcome": "delivered"})
+        if failed:
+            metrics_instruments.fanout_deliveries.add(failed,
+                                                      {"rpc.service": topic, "outcome": "failed"})
+
+
+def configure(service_name: str, *, exporter: Any = None, sampler: Any = None,
+              metrics_exporter: Any = None) -> Any:
+    """Install the OpenTelemetry SDK with an OTLP exporter, configured from `OTEL_*` variables.
+
+    The standard variables apply: `OTEL_EXPORTER_OTLP_ENDPOINT` (and `..._PROTOCOL`), and
+    `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` (e.g. `parentbased_traceidratio`, `0.1`).
+    `exporter` replaces the OTLP span exporter (tests, the demo's in-memory tree). Returns the
+    tracer provider. Needs the `otel` extra (opentelemetry-sdk and the OTLP exporter).
+
+    ```python
+    from grpcrpc import tracing
+    tracing.configure(service_name="nova-conductor")
+    ```
+    """
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create({"service.name": service_name})
+    provider = TracerProvider(resource=resource, sampler=sampler)
+    if exporter is None:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    if metrics_exporter is not False:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        if metrics_exporter is None:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+            metrics_exporter = OTLPMetricExporter()
+        reader = PeriodicExportingMetricReader(metrics_exporter)
+        metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
+    return provider
