@@ -1,9 +1,10 @@
 """`make demo`: a Nova-shaped flow over grpcrpc, end to end, on this machine.
 
 A conductor *calls* the scheduler's `select_destinations`, *casts* `build_and_run_instance` to the
-compute it chose, and *fanout-casts* `update_available_resource` to every compute — the three
-oslo.messaging patterns, with no broker: each server listens on its own loopback port and the
-conductor routes from a static endpoint table.
+compute it chose, and *fanout-casts* `update_available_resource` to every compute through a
+broadcaster — the three oslo.messaging patterns, with no broker: each server listens on its own
+loopback port and the conductor routes from a static endpoint table. The trace of the whole flow
+is printed at the end (and exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import asyncio
+
 from grpcrpc import (
     RPCClient,
     RPCServer,
     ServerThread,
     StaticResolver,
     Target,
+    tracing,
 )
+from grpcrpc.broadcaster import Broadcaster
 
 log = logging.getLogger("grpcrpc.demo")
 
@@ -73,10 +78,30 @@ class _Printer:
             print(line, flush=True)
 
 
-def run(computes: int = 3) -> int:
+class _BroadcasterThread:
+    """A broadcaster on its own loop in a thread (the demo's stand-in for its own process)."""
+
+    def __init__(self, broadcaster: Broadcaster) -> None:
+        self.broadcaster = broadcaster
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.broadcaster.start(), self._loop).result(30)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.broadcaster.stop(1.0), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def run(computes: int = 3, trace_tree: bool = True) -> int:
     out = _Printer()
+    capture = tracing.SpanCapture.install("grpcrpc-demo") if trace_tree else None
     hosts = [f"compute{i}" for i in range(1, computes + 1)]
     threads: list[ServerThread] = []
+    broadcaster: _BroadcasterThread | None = None
     compute_managers = {h: ComputeManager(h, out) for h in hosts}
     try:
         out(f"1. starting nova-scheduler and {computes} nova-compute servers on loopback ports")
@@ -89,8 +114,12 @@ def run(computes: int = 3) -> int:
             t.start()
             threads.append(t)
         endpoints = [t.server.endpoint for t in threads if t.server.endpoint is not None]
+        broadcaster = _BroadcasterThread(Broadcaster(StaticResolver(endpoints), name="bcast1"))
+        broadcaster.start()
+        assert broadcaster.broadcaster.endpoint is not None
+        endpoints.append(broadcaster.broadcaster.endpoint)
         for ep in endpoints:
-            out(f"   {ep.topic:10} {ep.server:11} {ep.address}")
+            out(f"   {ep.topic:20} {ep.server:11} {ep.address}")
         resolver = StaticResolver(endpoints)
         ctxt = {"request_id": f"req-{random.getrandbits(32):08x}", "user": "demo",
                 "project_id": "demo", "roles": ["member"]}
@@ -111,7 +140,7 @@ def run(computes: int = 3) -> int:
             out("   the build never ran")
             return 1
 
-        out("4. conductor -> every compute: fanout cast update_available_resource")
+        out("4. conductor -> broadcaster -> every compute: fanout cast update_available_resource")
         report = compute_api.prepare(fanout=True).cast(ctxt, "update_available_resource")
         assert report is not None
         deadline = time.monotonic() + 10
@@ -129,10 +158,15 @@ def run(computes: int = 3) -> int:
         scheduler_api.close()
         compute_api.close()
         ok = compute_managers[host].built == ["vm-1"] and report.ok
+        if capture is not None:
+            out("6. the trace of this flow (one tree per request; every hop is a span):")
+            out(capture.tree())
         out("done: call, cast and fanout all went straight from client to server, no broker."
             if ok else "FAILED")
         return 0 if ok else 1
     finally:
+        if broadcaster is not None:
+            broadcaster.stop()
         for t in threads:
             t.stop(grace=1.0)
 

@@ -27,6 +27,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
 
 __all__ = [
+    "SpanCapture",
     "broadcaster_span",
     "client_span",
     "configure",
@@ -256,3 +257,69 @@ def configure(service_name: str, *, exporter: Any = None, sampler: Any = None,
         reader = PeriodicExportingMetricReader(metrics_exporter)
         metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
     return provider
+
+
+class SpanCapture:
+    """Spans kept in memory (and exported over OTLP too when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+    set), drawn as a tree: how `make demo` shows a request's path.
+
+    ```python
+    capture = tracing.SpanCapture.install("nova-demo")
+    ...  # calls, casts, fanouts
+    print(capture.tree())
+    ```
+    """
+
+    def __init__(self, exporter: Any) -> None:
+        self._exporter = exporter
+
+    @classmethod
+    def install(cls, service_name: str) -> SpanCapture:
+        import os
+
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        exporter = InMemorySpanExporter()
+        current = trace.get_tracer_provider()
+        if isinstance(current, TracerProvider):
+            # OpenTelemetry's global provider is set once per process: join the one there is.
+            current.add_span_processor(SimpleSpanProcessor(exporter))
+            return cls(exporter)
+        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        trace.set_tracer_provider(provider)
+        return cls(exporter)
+
+    def clear(self) -> None:
+        self._exporter.clear()
+
+    def tree(self) -> str:
+        """Every finished span, indented under its parent, grouped by trace, oldest first."""
+        spans = sorted(self._exporter.get_finished_spans(), key=lambda s: s.start_time or 0)
+        ids = {s.context.span_id for s in spans}
+        children: dict[int | None, list[Any]] = {}
+        for s in spans:
+            parent = s.parent.span_id if s.parent is not None and s.parent.span_id in ids else None
+            children.setdefault(parent, []).append(s)
+        lines: list[str] = []
+
+        def walk(span: Any, depth: int) -> None:
+            ms = ((span.end_time or 0) - (span.start_time or 0)) / 1e6
+            status = "" if span.status.status_code != StatusCode.ERROR else "  ERROR"
+            where = span.attributes.get("grpcrpc.target.server", "")
+            lines.append(f"{'  ' * depth}{span.name} [{span.kind.name.lower()}] {ms:.2f} ms"
+                         f"{' -> ' + where if where else ''}{status}")
+            for child in children.get(span.context.span_id, []):
+                walk(child, depth + 1)
+
+        for root in children.get(None, []):
+            lines.append(f"trace {root.context.trace_id:032x}")
+            walk(root, 1)
+        return "\n".join(lines)

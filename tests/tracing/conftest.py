@@ -12,14 +12,19 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 _exporter = InMemorySpanExporter()
+_installed = False
 
 
 def _install() -> None:
+    global _installed
+    if _installed:
+        return
     provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
+    if not isinstance(provider, TracerProvider):  # another test may have installed one already
         provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_exporter))
         trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(_exporter))
+    _installed = True
 
 
 @pytest.fixture
