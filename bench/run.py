@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import bench_core, bench_fanout
+from bench import bench_core, bench_fanout, bench_tracing
 
 
 def main() -> None:
@@ -17,6 +17,9 @@ def main() -> None:
     print()
     print("== fanout: client vs broadcasters ==", flush=True)
     bench_fanout.main(args)
+    print()
+    print("== tracing cost ==", flush=True)
+    bench_tracing.main(args)
 
 
 if __name__ == "__main__":
