@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench gen lint etcd venv clean
+.PHONY: test demo bench gen lint fuzz etcd venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: $(STAMP)
 
 test: $(STAMP) etcd lint
 	$(VENV)/bin/pytest -q
+
+# The long fuzzing run (make test runs the same properties with a bounded number of cases).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=long $(VENV)/bin/pytest -q tests/security/test_fuzz.py --hypothesis-show-statistics
 
 demo: $(STAMP) etcd
 	$(PY) -m grpcrpc.demo

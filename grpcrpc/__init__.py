@@ -3,6 +3,8 @@
 >>> from grpcrpc import RPCClient, RPCServer, Target
 """
 
+import logging
+
 from grpcrpc.client import UNSET, AsyncRPCClient, RPCClient
 from grpcrpc.credentials import ClientTLS, ServerTLS
 from grpcrpc.discovery import Endpoint, MemoryDiscovery, StaticResolver
@@ -31,6 +33,9 @@ from grpcrpc.target import Target
 from grpcrpc.transport import AsyncTransport, SyncTransport, TransportOptions
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides whether anything is printed.
+logging.getLogger("grpcrpc").addHandler(logging.NullHandler())
 
 __all__ = [
     "UNSET",

@@ -6,7 +6,7 @@ import grpc
 
 from grpcrpc import exceptions as exc
 
-__all__ = ["NOT_ACCEPTED", "map_rpc_error", "never_sent"]
+__all__ = ["NOT_ACCEPTED", "map_rpc_error", "never_sent", "tls_refused"]
 
 # A grpcrpc service that refuses a request before acting on it (a stopping broadcaster) says so
 # with UNAVAILABLE and this marker in the details: the caller may send it elsewhere.
@@ -32,6 +32,17 @@ def never_sent(error: grpc.RpcError) -> bool:
         return False
     details = (error.details() or "").lower() if hasattr(error, "details") else ""
     return NOT_ACCEPTED in details or any(marker in details for marker in _CONNECT_FAILURES)
+
+
+def tls_refused(details: str) -> bool:
+    """On a TLS channel, whether a failed connection was the TLS handshake refusing us.
+
+    gRPC does not surface TLS alerts: a server that rejects our client certificate (untrusted,
+    expired) just closes the connection during setup ("Socket closed"), and a server we do not
+    trust shows as "Tls handshake failed". Either way nothing was sent.
+    """
+    d = details.lower()
+    return "handshake" in d or "certificate" in d or "socket closed" in d
 
 
 def map_rpc_error(error: grpc.RpcError, what: str) -> exc.GrpcrpcError:

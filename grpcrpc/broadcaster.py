@@ -37,6 +37,7 @@ import grpc.aio
 from grpcrpc import envelope as ev
 from grpcrpc import fanout, tracing
 from grpcrpc._errors import NOT_ACCEPTED
+from grpcrpc.auth import ServerAuth
 from grpcrpc.credentials import ServerTLS
 from grpcrpc.discovery.base import DEFAULT_AZ, Endpoint, InvalidEndpoint, Registry, Resolver
 from grpcrpc.exceptions import GrpcrpcError, InvalidEnvelope
@@ -85,7 +86,10 @@ class Broadcaster:
             static table that lists it).
         name: this broadcaster's server name (default: host name and pid).
         az: the AZ it serves; a fanout whose target names another AZ is delivered there.
-        transport_options: TLS and limits for the connections to servers.
+        transport_options: TLS, token and limits for the connections to servers (the
+            servers' ACLs must let this broadcaster's identity `fanout`).
+        auth: who may ask for a fanout; the caller's right to `fanout` the topic is checked
+            before anything is amplified.
     """
 
     def __init__(
@@ -102,8 +106,10 @@ class Broadcaster:
         tls: ServerTLS | None = None,
         transport_options: TransportOptions | None = None,
         options: BroadcasterOptions | None = None,
+        auth: ServerAuth | None = None,
     ) -> None:
         self.resolver = resolver
+        self.auth = auth
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.az = az
         self.options = options or BroadcasterOptions()
@@ -196,6 +202,14 @@ class Broadcaster:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         except Exception as err:  # DecodeError: not a FanoutRequest at all
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a fanout request: {err}")
+        if self.auth is not None:
+            identity = self.auth.identify(context.invocation_metadata() or (),
+                                          context.auth_context())
+            if not self.auth.allows(identity, "fanout", env.target.topic, env.method):
+                log.warning("unauthorized: %s may not fanout %s.%s (peer %s)",
+                            identity or "unauthenticated caller", env.target.topic, env.method,
+                            context.peer())
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not authorized")
         self._active += 1
         self._idle.clear()
         try:

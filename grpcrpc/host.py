@@ -50,6 +50,7 @@ class ServiceHost:
         advertise_host: str | None = None,
         tls: ServerTLS | None = None,
         max_message_size: int = 4 * 1024 * 1024,
+        max_streams: int = 100,
     ) -> None:
         if port_range is not None and not 0 < port_range[0] <= port_range[1] < 65536:
             raise ValueError(f"invalid port_range {port_range}")
@@ -62,6 +63,7 @@ class ServiceHost:
         self.advertise_host = advertise_host
         self.tls = tls
         self.max_message_size = max_message_size
+        self.max_streams = max_streams
         self.endpoint: Endpoint | None = None
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
@@ -84,8 +86,13 @@ class ServiceHost:
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", m),
             ("grpc.max_send_message_length", m),
+            # Keepalive enforcement: a peer pinging more often than every 5 s is told GOAWAY
+            # after two strikes, so pings cannot be used to keep a server busy.
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.http2.max_ping_strikes", 2),
+            # One peer cannot open unbounded HTTP/2 streams on one connection.
+            ("grpc.max_concurrent_streams", self.max_streams),
         ])
         server.add_generic_rpc_handlers(list(self.handlers))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

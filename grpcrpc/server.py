@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from grpcrpc.auth import ServerAuth
 from grpcrpc.credentials import ServerTLS
 from grpcrpc.discovery.base import DEFAULT_AZ, DEFAULT_EXCHANGE, Endpoint, Registry
 from grpcrpc.dispatcher import Dispatcher
@@ -59,6 +60,8 @@ class RPCServer:
         advertise_host: the host clients should dial, when it differs from the bind host.
         limits: thread pool, queue and in-flight bounds, and the maximum message size.
         tls: server certificate (and client CA for mTLS).
+        auth: who may call (bearer tokens, client certificates) and what (an ACL). None: any
+            caller that reaches the port (a warning says so at start).
         grace: seconds `stop()` lets in-flight work finish.
     """
 
@@ -80,6 +83,7 @@ class RPCServer:
         instance: str | None = None,
         weight: int = 100,
         send_tracebacks: bool = True,
+        auth: ServerAuth | None = None,
     ) -> None:
         if not target.topic:
             raise ValueError("a server target needs a topic")
@@ -102,7 +106,11 @@ class RPCServer:
             serializer or NoOpSerializer(),
             self.limits,
             send_tracebacks=send_tracebacks,
+            auth=auth,
         )
+        if auth is None:
+            log.warning("server %s/%s has no authentication: any caller that reaches its port "
+                        "may call it", self.target.topic, self.target.server)
         self.host = ServiceHost(
             service_names=[SERVICE_NAME],
             handlers=[self._servicer.handlers()],
@@ -113,6 +121,7 @@ class RPCServer:
             advertise_host=advertise_host,
             tls=tls,
             max_message_size=self.limits.max_message_size,
+            max_streams=self.limits.streams_per_connection,
         )
         self.endpoint: Endpoint | None = None
         self._stopped = asyncio.Event()

@@ -23,13 +23,24 @@ from google.protobuf.message import Message
 
 from grpcrpc import envelope as ev
 from grpcrpc import tracing
+from grpcrpc.auth import ServerAuth
 from grpcrpc.dispatcher import Dispatcher, Handler
 from grpcrpc.exceptions import GrpcrpcError, InvalidEnvelope, NoSuchMethod, UnsupportedVersion
 from grpcrpc.serializer import Serializer
 
 __all__ = ["EnvelopeServicer", "Identity", "Limits"]
 
-_Accepted = tuple["ev.Envelope | None", "Handler | None", "ev.Reply | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Ticket:
+    """An admitted envelope's claim on the server's bounds, released when it finishes."""
+
+    handler: Handler
+    peer: str
+
+
+_Accepted = tuple["ev.Envelope | None", "_Ticket | None", "ev.Reply | None"]
 
 log = logging.getLogger("grpcrpc.server")
 _OUTCOME = "outcome"
@@ -47,6 +58,11 @@ class Limits:
     queue: int = 256  # plain-function calls waiting for a thread
     coroutines: int = 1024  # coroutine endpoints running at once
     stream_in_flight: int = 1024  # calls in flight on one envelope stream
+    # Envelopes one connection may have admitted at once (all its streams and unary calls):
+    # one peer at its limit gets OVERLOADED, and the rest of the server stays for the others.
+    per_connection: int = 256
+    # HTTP/2 streams one connection may open at once.
+    streams_per_connection: int = 100
     max_message_size: int = 4 * 1024 * 1024
 
     @property
@@ -79,8 +95,11 @@ class EnvelopeServicer:
         limits: Limits,
         *,
         send_tracebacks: bool = True,
+        auth: ServerAuth | None = None,
     ) -> None:
         self.identity = identity
+        self.auth = auth
+        self._per_peer: dict[str, int] = {}
         self.dispatcher = dispatcher
         self.serializer = serializer
         self.limits = limits
@@ -109,11 +128,11 @@ class EnvelopeServicer:
         )
 
     async def unary(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        env, handler, reply = self._accept(raw)
+        env, ticket, reply = self._accept(raw, self._identify(context), context.peer())
         if reply is None:
-            if env is None or handler is None:  # a cancel envelope: nothing to answer
+            if env is None or ticket is None:  # a cancel envelope: nothing to answer
                 return b""
-            reply = await self._run(env, handler)
+            reply = await self._run(env, ticket)
         return self._encode(reply)
 
     async def stream(
@@ -127,9 +146,9 @@ class EnvelopeServicer:
             async with write_lock:
                 await context.write(data)
 
-        async def call_and_reply(env: ev.Envelope, handler: Handler) -> None:
+        async def call_and_reply(env: ev.Envelope, ticket: _Ticket) -> None:
             try:
-                await send(await self._run(env, handler))
+                await send(await self._run(env, ticket))
             except asyncio.CancelledError:
                 pass  # the caller cancelled it: it wants no reply
             except Exception:  # the stream broke under the write: the caller sees that
@@ -138,28 +157,29 @@ class EnvelopeServicer:
                 calls.pop(env.id, None)
 
         loop = asyncio.get_running_loop()
+        identity, peer = self._identify(context), context.peer()
         try:
             async for raw in requests:
-                env, handler, reply = self._accept(raw)
+                env, ticket, reply = self._accept(raw, identity, peer)
                 if reply is None:
                     assert env is not None
-                    if handler is None:  # a cancel envelope
+                    if ticket is None:  # a cancel envelope
                         task = calls.get(env.id)
                         if task is not None:
                             task.cancel()
                         continue
                     if env.cast:
-                        reply = await self._run(env, handler)
+                        reply = await self._run(env, ticket)
                     elif env.id in calls:
-                        self._release(handler)
+                        self._release(ticket)
                         reply = ev.reply_failure(
                             env.id, ev.ErrorCode.INVALID_ENVELOPE, "duplicate message id in flight"
                         )
                     elif len(calls) >= self.limits.stream_in_flight:
-                        self._release(handler)
+                        self._release(ticket)
                         reply = self._overloaded(env, "stream")
                     else:
-                        calls[env.id] = loop.create_task(call_and_reply(env, handler))
+                        calls[env.id] = loop.create_task(call_and_reply(env, ticket))
                         continue
                 await send(reply)
         finally:
@@ -169,11 +189,16 @@ class EnvelopeServicer:
 
     # -- accepting ------------------------------------------------------------------------
 
-    def _accept(self, raw: bytes) -> _Accepted:
-        """Parse, validate, route and admit one envelope.
+    def _identify(self, context: grpc.aio.ServicerContext) -> str | None:
+        if self.auth is None:
+            return None
+        return self.auth.identify(context.invocation_metadata() or (), context.auth_context())
 
-        Returns (envelope, handler, None) when it is admitted (the caller must `_run` it, which
-        releases the admission), or (envelope-or-None, None, reply) to send at once.
+    def _accept(self, raw: bytes, identity: str | None, peer: str) -> _Accepted:
+        """Parse, validate, route, authorise and admit one envelope.
+
+        Returns (envelope, ticket, None) when it is admitted (the caller must `_run` it, which
+        releases the ticket), or (envelope-or-None, None, reply) to send at once.
         """
         try:
             env = ev.Envelope.FromString(raw)
@@ -193,12 +218,23 @@ class EnvelopeServicer:
         if misrouted:
             return env, None, ev.reply_failure(env.id, ev.ErrorCode.MISROUTED, misrouted)
         t = env.target
+        if self.auth is not None:
+            op = "fanout" if env.fanout else ("cast" if env.cast else "call")
+            if not self.auth.allows(identity, op, t.topic, env.method):
+                # Who and what, for the operator; nothing that helps the caller.
+                log.warning("unauthorized: %s may not %s %s.%s (peer %s)",
+                            identity or "unauthenticated caller", op, t.topic, env.method, peer)
+                return env, None, ev.reply_failure(env.id, ev.ErrorCode.UNAUTHORIZED,
+                                                   "not authorized")
         try:
             handler = self.dispatcher.lookup(t.namespace, t.version, env.method)
         except NoSuchMethod as err:
             return env, None, ev.reply_failure(env.id, ev.ErrorCode.NO_SUCH_METHOD, str(err))
         except UnsupportedVersion as err:
             return env, None, ev.reply_failure(env.id, ev.ErrorCode.UNSUPPORTED_VERSION, str(err))
+        held = self._per_peer.get(peer, 0)
+        if held >= self.limits.per_connection:
+            return env, None, self._overloaded(env, "this connection's share")
         if handler.is_async:
             if self._async_active >= self.limits.coroutines:
                 return env, None, self._overloaded(env, "coroutine")
@@ -207,9 +243,10 @@ class EnvelopeServicer:
             if self._sync_active >= self.limits.sync_capacity:
                 return env, None, self._overloaded(env, "thread pool")
             self._sync_active += 1
+        self._per_peer[peer] = held + 1
         self._busy += 1
         self._idle.clear()
-        return env, handler, None
+        return env, _Ticket(handler, peer), None
 
     def _misrouted(self, t: ev.WireTarget) -> str:
         me = self.identity
@@ -227,17 +264,17 @@ class EnvelopeServicer:
 
     # -- running --------------------------------------------------------------------------
 
-    async def _run(self, env: ev.Envelope, handler: Handler) -> ev.Reply:
-        """Run an admitted envelope (releasing its admission); a cast is only started."""
+    async def _run(self, env: ev.Envelope, ticket: _Ticket) -> ev.Reply:
+        """Run an admitted envelope (releasing its ticket); a cast is only started."""
         try:
-            ctxt, args, kwargs = self._decode(env, handler)
+            ctxt, args, kwargs = self._decode(env, ticket.handler)
         except Exception as err:
-            self._release(handler)
+            self._release(ticket)
             return ev.Reply(id=env.id, failure=self._failure(err))
         deadline = time.monotonic() + env.timeout_ms / 1000 if env.timeout_ms else None
         if env.cast:
             task = asyncio.get_running_loop().create_task(
-                self._cast(env, handler, ctxt, args, kwargs)
+                self._cast(env, ticket, ctxt, args, kwargs)
             )
             self._casts.add(task)
             task.add_done_callback(self._casts.discard)
@@ -246,7 +283,7 @@ class EnvelopeServicer:
         with tracing.server_span(env.headers, me.topic, env.method, env.id, cast=False,
                                  server=me.server, az=me.az) as span:
             try:
-                result = await self._invoke(handler, ctxt, args, kwargs, deadline)
+                result = await self._invoke(ticket, ctxt, args, kwargs, deadline)
             except _Expired:
                 tracing.mark_failed(span, "Expired", "deadline passed while queued")
                 return ev.reply_failure(env.id, ev.ErrorCode.EXPIRED,
@@ -275,14 +312,14 @@ class EnvelopeServicer:
         return ev.Payload(json=ev.encode_json(self.serializer.serialize_entity(ctxt, result)))
 
     async def _cast(
-        self, env: ev.Envelope, handler: Handler, ctxt: Any, args: tuple[Any, ...],
+        self, env: ev.Envelope, ticket: _Ticket, ctxt: Any, args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
         me = self.identity
         with tracing.server_span(env.headers, me.topic, env.method, env.id, cast=True,
                                  fanout=env.fanout, server=me.server, az=me.az) as span:
             try:
-                await self._invoke(handler, ctxt, args, kwargs, None)
+                await self._invoke(ticket, ctxt, args, kwargs, None)
             except asyncio.CancelledError:
                 log.warning("cast %s.%s cancelled at shutdown", env.target.topic, env.method)
                 tracing.mark_failed(span, "CancelledError", "cancelled at shutdown")
@@ -315,14 +352,15 @@ class EnvelopeServicer:
         )
 
     async def _invoke(
-        self, handler: Handler, ctxt: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+        self, ticket: _Ticket, ctxt: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
         deadline: float | None,
     ) -> Any:
+        handler = ticket.handler
         if handler.is_async:
             try:
                 return await handler.func(ctxt, *args, **kwargs)
             finally:
-                self._release(handler)
+                self._release(ticket)
         loop = asyncio.get_running_loop()
         try:
             # The thread runs in a copy of this task's context: the trace (and anything else in
@@ -330,18 +368,23 @@ class EnvelopeServicer:
             cf = self._executor.submit(contextvars.copy_context().run, _run_sync, handler.func,
                                        ctxt, args, kwargs, deadline)
         except RuntimeError:  # the pool was shut down under us
-            self._release(handler)
+            self._release(ticket)
             raise
         # Release when the thread is really done, not when an awaiting caller is cancelled:
         # the thread keeps its slot until the function returns.
-        cf.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, handler))
+        cf.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, ticket))
         return await asyncio.wrap_future(cf)
 
-    def _release(self, handler: Handler) -> None:
-        if handler.is_async:
+    def _release(self, ticket: _Ticket) -> None:
+        if ticket.handler.is_async:
             self._async_active -= 1
         else:
             self._sync_active -= 1
+        held = self._per_peer[ticket.peer] - 1
+        if held:
+            self._per_peer[ticket.peer] = held
+        else:
+            del self._per_peer[ticket.peer]
         self._busy -= 1
         if self._busy == 0:
             self._idle.set()

@@ -40,6 +40,7 @@ from grpcrpc.transport.base import (
     TransportBase,
     TransportOptions,
     broadcaster_target,
+    call_metadata,
     channel_options,
     check_size,
     fanout_request,
@@ -188,6 +189,7 @@ class AsyncTransport(TransportBase):
         self._retiring: dict[str, _Conn] = {}
         self._creds = self.options.tls.credentials() if self.options.tls else None
         self._channel_options = channel_options(self.options)
+        self._metadata = call_metadata(self.options) or ()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _conn(self, address: str) -> _Conn:
@@ -201,7 +203,7 @@ class AsyncTransport(TransportBase):
         else:
             channel = grpc.aio.insecure_channel(address, self._channel_options)
         conn = self._conns[address] = _Conn(
-            channel, address, self.options.streams_per_endpoint, self.options.metadata
+            channel, address, self.options.streams_per_endpoint, self._metadata
         )
         excess = len(self._conns) - self.options.max_channels
         for other in list(self._conns):
@@ -298,7 +300,7 @@ class AsyncTransport(TransportBase):
         conn = self._conn(address)
         self.balancer.begin(address)
         try:
-            raw = await conn.fanout(request, timeout=timeout, metadata=self.options.metadata or None)
+            raw = await conn.fanout(request, timeout=timeout, metadata=self._metadata or None)
         except grpc.RpcError as err:
             if never_sent(err):
                 raise NotSent(err.details() or "") from None

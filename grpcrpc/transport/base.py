@@ -16,10 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grpcrpc import envelope as ev
+from grpcrpc._errors import tls_refused
 from grpcrpc.balancer import Balancer, Policy
 from grpcrpc.credentials import ClientTLS
 from grpcrpc.discovery.base import DEFAULT_AZ, DEFAULT_EXCHANGE, Endpoint, Resolver, RoutingTable
-from grpcrpc.exceptions import InvalidEnvelope, MessageTooLarge, MessagingTimeout, NoEndpoints
+from grpcrpc.exceptions import (
+    InvalidEnvelope,
+    MessageTooLarge,
+    MessagingTimeout,
+    NoEndpoints,
+    Unauthorized,
+)
 from grpcrpc.fanout import FanoutReport
 from grpcrpc.generated.v1 import broadcaster_pb2 as bpb
 from grpcrpc.target import Target
@@ -34,6 +41,7 @@ __all__ = [
     "TransportBase",
     "TransportOptions",
     "broadcaster_target",
+    "call_metadata",
     "channel_options",
     "check_size",
     "fanout_request",
@@ -74,11 +82,21 @@ class TransportOptions:
     streams_per_endpoint: int = 1
     keepalive_ms: int = 20_000
     metadata: tuple[tuple[str, str], ...] = field(default=())
+    # A bearer token presented to servers (gRPC metadata; never logged, never in a span).
+    token: str | None = field(default=None, repr=False)
     # Fanouts go through a broadcaster of the AZ when one is registered ...
     use_broadcaster: bool = True
     # ... and when none is reachable, the client delivers to every server itself (else
     # NoEndpoints).
     client_fanout_fallback: bool = True
+
+def call_metadata(opts: TransportOptions) -> tuple[tuple[str, str], ...] | None:
+    """What every RPC of a transport carries: its metadata and the bearer token, if any."""
+    md = tuple(opts.metadata)
+    if opts.token:
+        md += (("authorization", f"Bearer {opts.token}"),)
+    return md or None
+
 
 def channel_options(opts: TransportOptions) -> list[tuple[str, Any]]:
     return [
@@ -93,6 +111,10 @@ def channel_options(opts: TransportOptions) -> list[tuple[str, Any]]:
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 5_000),
         ("grpc.enable_retries", 0),
+        # A transport owns its connections: gRPC would otherwise share one TCP connection
+        # among all channels of the process to an address, so closing a transport would not
+        # close it, and per-connection limits on servers would lump unrelated clients together.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
 
 class TransportBase:
@@ -218,7 +240,7 @@ class Attempts:
     ```
     """
 
-    __slots__ = ("_deadline", "_last", "_left", "_target", "_transport", "_tried")
+    __slots__ = ("_deadline", "_last", "_left", "_refused", "_target", "_transport", "_tried")
 
     def __init__(
         self, transport: TransportBase, target: Target, timeout: float | None,
@@ -232,6 +254,7 @@ class Attempts:
         attempts = transport.options.connect_attempts if retry is None else retry + 1
         self._left = max(1, attempts)
         self._last = ""
+        self._refused = 0  # connections refused by the TLS handshake
 
     def remaining(self) -> float | None:
         if self._deadline is None:
@@ -243,18 +266,33 @@ class Attempts:
         if remaining is not None and remaining <= 0:
             raise MessagingTimeout(f"{self._target.topic}: timed out before it could be sent")
         if self._left <= 0:
+            self._raise_refused()
             raise NoEndpoints(
                 f"{_describe(self._target, self._transport.options)}: no endpoint took the "
                 f"message (last: {self._last})"
             )
         self._left -= 1
-        return self._transport.choose(self._target, self._tried, self._last)
+        try:
+            return self._transport.choose(self._target, self._tried, self._last)
+        except NoEndpoints:
+            self._raise_refused()
+            raise
+
+    def _raise_refused(self) -> None:
+        if self._refused and self._refused == len(self._tried):
+            raise Unauthorized(
+                f"{self._target.topic}: the TLS handshake was refused by {self._refused} "
+                f"endpoint(s) (client certificate not accepted, or server not trusted); last: "
+                f"{self._last}"
+            )
 
     def never_sent(self, endpoint: Endpoint, why: str) -> None:
         """The connection to `endpoint` could not open: eject it and try another."""
         self._transport.balancer.ejections.eject(endpoint.address)
         self._tried |= {endpoint.address}
         self._last = f"{endpoint.address}: {why}"
+        if self._transport.options.tls is not None and tls_refused(why):
+            self._refused += 1
 
     def succeeded(self, endpoint: Endpoint) -> None:
         self._transport.balancer.ejections.restore(endpoint.address)

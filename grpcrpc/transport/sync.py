@@ -29,6 +29,7 @@ from grpcrpc.transport.base import (
     TransportBase,
     TransportOptions,
     broadcaster_target,
+    call_metadata,
     channel_options,
     check_size,
     fanout_request,
@@ -63,7 +64,7 @@ class SyncTransport(TransportBase):
         self._retiring: dict[str, _Conn] = {}
         self._creds = self.options.tls.credentials() if self.options.tls else None
         self._channel_options = channel_options(self.options)
-        self._metadata = self.options.metadata or None
+        self._metadata = call_metadata(self.options)
 
     def _conn(self, address: str) -> _Conn:
         conn = self._conns.get(address)
