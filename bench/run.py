@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import bench_core, bench_fanout, bench_tracing
+from bench import bench_core, bench_fanout, bench_tracing, bench_typed
 
 
 def main() -> None:
@@ -20,6 +20,9 @@ def main() -> None:
     print()
     print("== tracing cost ==", flush=True)
     bench_tracing.main(args)
+    print()
+    print("== typed (protobuf) vs dict-style calls ==", flush=True)
+    bench_typed.main(args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ is printed at the end (and exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT`
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import random
 import sys
@@ -17,8 +18,6 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import Any
-
-import asyncio
 
 from grpcrpc import (
     RPCClient,

@@ -1,0 +1,1 @@
+"""nova-scheduler and nova-compute as typed grpcrpc contracts (from proto/examples/nova/)."""
