@@ -132,8 +132,11 @@ class _ClientBase:
         new_cap = _pick(version_cap, self.version_cap)
         if new_cap is not None:
             parse_version(new_cap)
+        # The copy shares the transport but never owns it: closing a prepared client must not
+        # close its parent's connections.
         return self._copy(
-            target=target, timeout=new_timeout, version_cap=new_cap, retry=_pick(retry, self.retry)
+            target=target, timeout=new_timeout, version_cap=new_cap, retry=_pick(retry, self.retry),
+            _owns_transport=False,
         )
 
     def can_send_version(self, version: str | Unset | None = UNSET) -> bool:

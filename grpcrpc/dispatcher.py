@@ -89,8 +89,14 @@ class Dispatcher:
             func = getattr(endpoint, method, None)
             if func is None or not callable(func) or isinstance(func, type):
                 continue
-            types = getattr(endpoint, "grpcrpc_message_types", None) or {}
-            req, resp = types.get(method, (None, None))
+            # A generated base marks the methods the author did not implement: refuse them
+            # up front (calls and casts alike) rather than accept and fail later.
+            if getattr(func, "grpcrpc_unimplemented", False):
+                continue
+            types = getattr(endpoint, "grpcrpc_message_types", None)
+            if types is not None and method not in types:
+                continue  # a typed servicer exposes its contract's methods, not its helpers
+            req, resp = (types or {}).get(method, (None, None))
             return Handler(func, _is_async(func), endpoint, method, req, resp)
         if found_compatible:
             raise NoSuchMethod(method)

@@ -242,3 +242,10 @@ def test_many_threads_share_one_client() -> None:
         for t in threads:
             t.join(60)
         assert results == {"c": 400}
+
+
+def test_closing_a_prepared_client_leaves_its_parent_working() -> None:
+    with ClientFor(Target(topic="compute"), [Compute()]) as client:
+        with client.prepare(timeout=3) as prepared:
+            assert prepared.call({}, "whoami") == "c"
+        assert client.call({}, "whoami") == "c"

@@ -73,3 +73,29 @@ def test_cache_is_bounded_and_misses_not_cached() -> None:
 def test_needs_endpoints() -> None:
     with pytest.raises(ValueError, match="at least one endpoint"):
         Dispatcher([])
+
+
+class TypedLike:
+    """Shaped like a generated servicer subclass."""
+
+    grpcrpc_message_types = {"declared": (object, object), "missing": (object, object)}
+
+    def declared(self, ctxt: object, request: object) -> str:
+        return "ok"
+
+    def reset_all_state(self, ctxt: object) -> None:  # a helper, not part of the contract
+        raise AssertionError("never dispatched")
+
+    def missing(self, ctxt: object, request: object) -> None:
+        raise AssertionError("never dispatched")
+
+    missing.grpcrpc_unimplemented = True  # type: ignore[attr-defined]
+
+
+def test_typed_servicers_expose_only_their_contract() -> None:
+    d = Dispatcher([TypedLike()])
+    assert d.lookup(None, None, "declared").request_type is object
+    with pytest.raises(NoSuchMethod):
+        d.lookup(None, None, "reset_all_state")
+    with pytest.raises(NoSuchMethod):  # not overridden: refused up front, calls and casts alike
+        d.lookup(None, None, "missing")
