@@ -176,7 +176,7 @@ def part_c(registries: int, processes: int, ttl: float, window: float) -> list[R
                 line = w.stdout.readline()
                 if not line.startswith("READY"):
                     raise RuntimeError(f"worker failed: {line!r}")
-            time.sleep(ttl / 3)  # a benchmark window: let every loop reach its steady period
+            time.sleep(ttl / 3 + 2)  # a benchmark window: every loop reaches its steady period
             before, t0 = etcd.metrics(), time.monotonic()
             time.sleep(window)
             after, t1 = etcd.metrics(), time.monotonic()

@@ -11,6 +11,7 @@ from grpcrpc.discovery import Endpoint, MemoryDiscovery, StaticResolver
 from grpcrpc.exceptions import (
     ClientClosed,
     DeliveryError,
+    DiscoveryUnavailable,
     GrpcrpcError,
     InvalidEnvelope,
     MessageTooLarge,
@@ -44,6 +45,7 @@ __all__ = [
     "ClientClosed",
     "ClientTLS",
     "DeliveryError",
+    "DiscoveryUnavailable",
     "Endpoint",
     "Failed",
     "FanoutReport",

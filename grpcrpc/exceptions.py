@@ -8,6 +8,7 @@ GrpcrpcError
  ├── UnsupportedVersion        no endpoint speaks the requested namespace/version
  ├── VersionCapError           the client's version cap forbids the version asked (not sent)
  ├── NoEndpoints               nothing is registered for the target (in the AZs allowed)
+ ├── DiscoveryUnavailable      etcd could not be reached when discovery started
  ├── Unauthorized              the server refused the caller
  ├── InvalidEnvelope           a message that is not a valid envelope (either direction)
  ├── Overloaded                the server's queue is full; the message was not accepted
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 __all__ = [
     "ClientClosed",
     "DeliveryError",
+    "DiscoveryUnavailable",
     "GrpcrpcError",
     "InvalidEnvelope",
     "MessageTooLarge",
@@ -109,6 +111,11 @@ class VersionCapError(GrpcrpcError):
 
 class NoEndpoints(GrpcrpcError):
     """Nothing is registered for the target in the availability zones the client may use."""
+
+
+class DiscoveryUnavailable(GrpcrpcError):
+    """etcd could not be reached in time. Raised when discovery starts (`EtcdResolver.start()`,
+    `connect()`) only: once running, discovery retries in the background and never raises."""
 
 
 class Unauthorized(GrpcrpcError):

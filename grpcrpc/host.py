@@ -158,10 +158,18 @@ class ServiceHost:
             loop.call_soon_threadsafe(update)
 
     async def _set_health(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for name in ("", *self.service_names):
-            await self._health.set(name, status)
+        """The whole server's status ("") is SERVING only while it accepts work and is
+        registered; each service name reports only whether it accepts work. A liveness probe
+        should check the service name: an etcd outage makes every server unregistered at
+        once, and restarting them all then would turn a discovery outage into a data-path
+        one."""
+        def status(ok: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+            return (health_pb2.HealthCheckResponse.SERVING if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+        await self._health.set("", status(serving))
+        for name in self.service_names:
+            await self._health.set(name, status(self._accepting))
 
     async def withdraw(self) -> None:
         """First step of stopping: NOT_SERVING, and out of the registry."""

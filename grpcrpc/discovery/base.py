@@ -128,7 +128,7 @@ class Endpoint:
             raise InvalidEndpoint(f"endpoint value of {len(data)} bytes exceeds {_MAX_VALUE_BYTES}")
         try:
             raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidEndpoint(f"endpoint value is not JSON: {exc}") from None
         if not isinstance(raw, dict):
             raise InvalidEndpoint("endpoint value is not a JSON object")
@@ -290,9 +290,10 @@ class Registry(abc.ABC):
         return True
 
     def add_listener(self, callback: Callable[[bool], None]) -> Callable[[], None]:
-        """Call `callback(registered)` whenever `registered` changes (from the registry's own
-        thread); returns a function that removes the listener. A registry that cannot lose its
-        registration (in-process, static) never calls it."""
+        """Call `callback(registered)` now and whenever `registered` changes (from the
+        registry's own thread); returns a function that removes the listener. A registry that
+        cannot lose its registration (in-process, static) calls it only now."""
+        callback(self.registered)
         return lambda: None
 
     def close(self) -> None:  # noqa: B027 - optional hook

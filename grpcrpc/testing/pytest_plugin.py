@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from grpcrpc.testing import Cluster
+from grpcrpc.testing.etcd import EtcdServer
 
 
 @pytest.fixture
@@ -22,3 +23,10 @@ def grpcrpc_cluster() -> Iterator[Cluster]:
     """Servers and clients joined by an in-process registry; all stopped after the test."""
     with Cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture
+def grpcrpc_etcd() -> Iterator[EtcdServer]:
+    """A real etcd (Debian's `etcd`) on a free loopback port in a temporary directory."""
+    with EtcdServer() as server:
+        yield server

@@ -64,9 +64,9 @@ def test_public_names_exported_once() -> None:
     assert len(set(grpcrpc.__all__)) == len(grpcrpc.__all__)
     for name in grpcrpc.__all__:
         assert hasattr(grpcrpc, name), name
-    public_errors = {n for n in vars(grpcrpc.exceptions) if n[0].isupper() and n.endswith(
-        ("Error", "Timeout", "Method", "Version", "Endpoints", "Envelope", "Overloaded", "Large",
-         "Closed", "Unauthorized"))}
-    assert public_errors == set(grpcrpc.exceptions.__all__)
+    errors = {n for n, v in vars(grpcrpc.exceptions).items()
+              if isinstance(v, type) and issubclass(v, grpcrpc.GrpcrpcError)}
+    assert errors == set(grpcrpc.exceptions.__all__)
+    assert errors <= set(grpcrpc.__all__)
     for name in grpcrpc.exceptions.__all__:
         assert issubclass(getattr(grpcrpc.exceptions, name), grpcrpc.GrpcrpcError)

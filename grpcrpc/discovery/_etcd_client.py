@@ -1,0 +1,394 @@
+"""The one place that knows the etcd client library (`pyetcd`, from etcd-sdk-python) and grpc's
+errors from it. Everything above speaks in `Session` methods and this tree of failures; a pyetcd
+or grpc exception never leaves this module. These failures are internal: the registry and the
+resolver retry on them, and only `DiscoveryUnavailable` (a `GrpcrpcError`) reaches callers.
+
+```
+EtcdFailure
+ ├── Unavailable      no answer: down, partitioned, timed out, no endpoint left to fail over to
+ ├── AuthFailed       the token expired or was refused: make a new session (re-authenticate)
+ ├── LeaseNotFound    the lease is gone: expired, revoked by an operator, or etcd lost its data
+ ├── Compacted        the revision asked for was compacted away: list again
+ └── TooLarge         a response over the receive limit: ask for smaller pages
+```
+
+>>> Backoff(base=0.1, cap=2.0).next() <= 0.1
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import grpc
+import pyetcd
+from pyetcd import etcdrpc
+from pyetcd import events as pyetcd_events
+from pyetcd import exceptions as pyetcd_exc
+from pyetcd import transactions as pyetcd_txn
+
+from grpcrpc.exceptions import DiscoveryUnavailable
+
+if TYPE_CHECKING:
+    from grpcrpc.discovery.etcd import EtcdConfig
+
+__all__ = [
+    "AuthFailed",
+    "Backoff",
+    "Compacted",
+    "DiscoveryUnavailable",
+    "EtcdFailure",
+    "LeaseNotFound",
+    "Page",
+    "Session",
+    "TooLarge",
+    "Unavailable",
+    "WatchEvents",
+    "make_client",
+    "prefix_end",
+]
+
+# How long pyetcd skips an endpoint that failed. Its default (300 s) would keep a single-member
+# cluster unusable for five minutes after a restart; our own backoff spaces the retries out.
+_ENDPOINT_RETRY_S = 1.0
+
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    # Notice a dead or partitioned etcd on a silent watch stream. etcd refuses pings more often
+    # than its --grpc-keepalive-min-time (5 s), and pings without a stream (so none here).
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    # grpc's own reconnect backoff grows to 120 s: cap it, or a restarted etcd stays unseen.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    # A fresh channel must not inherit another channel's backed-off connection to etcd.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+]
+
+
+class EtcdFailure(Exception):
+    """An etcd request did not succeed (see the module docstring for the kinds)."""
+
+
+class Unavailable(EtcdFailure):
+    pass
+
+
+class AuthFailed(EtcdFailure):
+    pass
+
+
+class LeaseNotFound(EtcdFailure):
+    pass
+
+
+class Compacted(EtcdFailure):
+    pass
+
+
+class TooLarge(EtcdFailure):
+    pass
+
+
+def _failure(exc: BaseException) -> EtcdFailure:
+    """Map a pyetcd or grpc exception to the tree above (the only mapping there is)."""
+    if isinstance(exc, pyetcd_exc.RevisionCompactedError):
+        # pyetcd leaves the message empty; only the attribute says where history starts.
+        return Compacted(f"revision compacted (history starts at {exc.compacted_revision})")
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        details = str(exc.details()) if callable(getattr(exc, "details", None)) else str(exc)
+        name = code.name if code is not None else "UNKNOWN"
+        if code == grpc.StatusCode.UNAUTHENTICATED or code == grpc.StatusCode.PERMISSION_DENIED:
+            return AuthFailed(f"{name}: {details}")
+        if code == grpc.StatusCode.INVALID_ARGUMENT and (
+            "auth" in details or "user name" in details
+        ):
+            return AuthFailed(f"{name}: {details}")
+        if code == grpc.StatusCode.NOT_FOUND and "lease" in details:
+            return LeaseNotFound(details)
+        if code == grpc.StatusCode.OUT_OF_RANGE:  # a paged read at a compacted revision
+            return Compacted(details)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return TooLarge(details)
+        return Unavailable(f"{name}: {details}")
+    if isinstance(exc, pyetcd_exc.NoServerAvailableError):
+        return Unavailable("every etcd endpoint failed within the last second")
+    if isinstance(exc, pyetcd_exc.Etcd3Exception):
+        # pyetcd raises its own types from inside its grpc handler: the details are there.
+        if isinstance(exc.__context__, grpc.RpcError):
+            return _failure(exc.__context__)
+        return Unavailable(str(exc) or type(exc).__name__)
+    return Unavailable(f"{type(exc).__name__}: {exc}")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _mapped(fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (grpc.RpcError, pyetcd_exc.Etcd3Exception) as exc:
+            raise _failure(exc) from exc
+        except ValueError as exc:  # pyetcd: "Trying to use a failed node"
+            raise Unavailable(str(exc)) from exc
+
+    return wrapper
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end that covers every key starting with `prefix`."""
+    return bytes(pyetcd.utils.prefix_range_end(prefix))
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def make_client(config: EtcdConfig, timeout: float | None = None) -> Any:
+    """A connected pyetcd `MultiEndpointEtcd3Client` for `config` (authenticated if a user is
+    set); fails over between `config.endpoints`. Raises `EtcdFailure`."""
+    creds = None
+    if config.tls:
+        try:
+            creds = grpc.ssl_channel_credentials(
+                _read(config.ca_file), _read(config.key_file), _read(config.cert_file)
+            )
+        except OSError as exc:  # retried like an outage: the file may be on its way
+            raise Unavailable(f"cannot read a TLS file: {exc}") from exc
+    endpoints = []
+    for address in config.endpoints:
+        host, _, port = address.rpartition(":")  # an IPv6 host keeps its brackets for grpc
+        endpoints.append(pyetcd.Endpoint(
+            host, int(port), secure=config.tls, creds=creds,
+            time_retry=_ENDPOINT_RETRY_S, opts=list(_CHANNEL_OPTIONS),
+        ))
+    try:
+        client = pyetcd.MultiEndpointEtcd3Client(
+            endpoints=endpoints, timeout=timeout or config.timeout, user=config.user,
+            password=config.password, failover=True,
+        )
+    except (grpc.RpcError, pyetcd_exc.Etcd3Exception) as exc:
+        for ep in endpoints:
+            ep.close()
+        raise _failure(exc) from exc
+    if not config.tls:
+        # grpc refuses call credentials on a plaintext channel; the token still travels in
+        # the metadata pyetcd adds to every call.
+        client.call_credentials = None
+    # etcd then fails requests and ends watches on a member cut off from its leader, so we
+    # fail over instead of following a watch that went silent (clientv3's WithRequireLeader).
+    client.metadata = (*(client.metadata or ()), ("hasleader", "true"))
+    return client
+
+
+class _LeaseIs(pyetcd_txn.BaseCompare):  # type: ignore[misc]
+    """The LEASE comparison pyetcd lacks: `key` is held by lease `value`."""
+
+    def build_compare(self, compare: Any) -> None:
+        compare.target = etcdrpc.Compare.LEASE
+        compare.lease = int(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    kvs: list[tuple[bytes, bytes]]
+    more: bool
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvents:
+    """One watch response: (is_put, key, value) in order, and the store revision it reflects."""
+
+    events: list[tuple[bool, bytes, bytes]]
+    revision: int
+
+
+class Session:
+    """One client connection to a cluster, with typed requests that raise only `EtcdFailure`.
+
+    Thread-safe for requests; watch callbacks run on pyetcd's watch thread.
+    """
+
+    def __init__(self, config: EtcdConfig, timeout: float | None = None) -> None:
+        self.config = config
+        self.timeout = timeout or config.timeout
+        self._client = make_client(config, self.timeout)
+        self._keepalive: _KeepAliveStream | None = None
+
+    @_mapped
+    def grant(self, ttl: int) -> tuple[int, int]:
+        """A new lease: (id, granted TTL). etcd may raise a too-short TTL to its minimum."""
+        lease = self._client.lease(ttl)
+        return int(lease.id), int(lease.ttl)
+
+    def keepalive(self, lease_id: int, timeout: float | None = None) -> int:
+        """Renew the lease on this session's long-lived keepalive stream; returns the TTL,
+        <= 0 when etcd no longer has the lease.
+
+        One stream per lease (and so per process) for its whole life costs etcd about half
+        the CPU of a stream per renewal, and a renewal never queues behind other leases'.
+        """
+        stream = self._keepalive
+        if stream is None or stream.lease_id != lease_id:
+            if stream is not None:
+                stream.close()
+            # A unary call first: it checks the lease, and through pyetcd's error handling it
+            # fails over to another endpoint when this one is down (a raw stream would not).
+            ttl = self.time_to_live(lease_id)
+            if ttl <= 0:
+                return ttl
+            stream = self._keepalive = _KeepAliveStream(self._client, lease_id)
+        try:
+            return stream.renew(timeout or self.timeout)
+        except EtcdFailure:
+            stream.close()
+            self._keepalive = None
+            raise
+
+    @_mapped
+    def time_to_live(self, lease_id: int) -> int:
+        """The lease's remaining TTL (-1: etcd does not have it)."""
+        return int(self._client.get_lease_info(lease_id).TTL)
+
+    @_mapped
+    def revoke(self, lease_id: int) -> None:
+        self._client.revoke_lease(lease_id)
+
+    @_mapped
+    def put(self, key: bytes, value: bytes, lease_id: int) -> None:
+        self._client.put(key, value, lease=lease_id)
+
+    @_mapped
+    def get(self, key: bytes) -> tuple[bytes, int] | None:
+        """(value, lease id) of `key`, or None when it does not exist."""
+        value, meta = self._client.get(key)
+        return None if meta is None else (bytes(value), int(meta.lease_id))
+
+    @_mapped
+    def delete_if_lease(self, key: bytes, lease_id: int) -> bool:
+        """Delete `key` only while it is held by `lease_id`: never someone else's key."""
+        ok, _ = self._client.transaction(
+            compare=[_LeaseIs(key) == lease_id],
+            success=[self._client.transactions.delete(key)],
+            failure=[],
+        )
+        return bool(ok)
+
+    @_mapped
+    def range_page(self, start: bytes, end: bytes, limit: int, revision: int | None) -> Page:
+        kwargs: dict[str, Any] = {"limit": limit}
+        if revision is not None:
+            kwargs["revision"] = revision
+        resp = self._client.get_range_response(start, end, **kwargs)
+        return Page([(bytes(kv.key), bytes(kv.value)) for kv in resp.kvs], bool(resp.more),
+                    int(resp.header.revision))
+
+    @_mapped
+    def watch_prefix(self, prefix: bytes, start_revision: int,
+                     sink: Callable[[WatchEvents | EtcdFailure], None]) -> int:
+        """Watch `prefix` from `start_revision`; `sink` gets each response, or one failure after
+        which the watch is over. Returns the watch id."""
+
+        def callback(item: Any) -> None:
+            if isinstance(item, BaseException) or item is None:
+                sink(_failure(item) if item is not None else Unavailable("watch stream ended"))
+                return
+            events = [
+                (isinstance(ev, pyetcd_events.PutEvent), bytes(ev.key), bytes(ev.value))
+                for ev in item.events
+            ]
+            sink(WatchEvents(events, int(item.header.revision)))
+
+        return int(self._client.add_watch_prefix_callback(prefix, callback,
+                                                          start_revision=start_revision))
+
+    @_mapped
+    def cancel_watch(self, watch_id: int) -> None:
+        self._client.cancel_watch(watch_id)
+
+    def close(self) -> None:
+        """Close the channels (ends any watch: its sink gets one last failure)."""
+        if self._keepalive is not None:
+            self._keepalive.close()
+            self._keepalive = None
+        self._client.close()
+
+
+class _KeepAliveStream:
+    """A LeaseKeepAlive stream held open for one lease: a request per renewal, its answer read
+    by a small thread so that a renewal can time out (grpc's blocking iterator cannot)."""
+
+    def __init__(self, client: Any, lease_id: int) -> None:
+        self.lease_id = lease_id
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        try:
+            self._call = client.leasestub.LeaseKeepAlive(
+                iter(self._requests.get, None),
+                credentials=client.call_credentials, metadata=client.metadata)
+        except (grpc.RpcError, pyetcd_exc.Etcd3Exception, ValueError) as exc:
+            raise _failure(exc) from exc
+        threading.Thread(target=self._read, daemon=True,
+                         name=f"grpcrpc-etcd-keepalive-{lease_id:x}").start()
+
+    def _read(self) -> None:
+        try:
+            for answer in self._call:
+                self._answers.put(answer)
+            self._answers.put(Unavailable("keepalive stream ended"))
+        except grpc.RpcError as exc:
+            self._answers.put(_failure(exc))
+
+    def renew(self, timeout: float) -> int:
+        self._requests.put(etcdrpc.LeaseKeepAliveRequest(ID=self.lease_id))
+        try:
+            answer = self._answers.get(timeout=timeout)
+        except queue.Empty:
+            raise Unavailable(f"no keepalive answer within {timeout:.1f}s") from None
+        if isinstance(answer, EtcdFailure):
+            raise answer
+        return int(answer.TTL)
+
+    def close(self) -> None:
+        self._requests.put(None)  # ends the request iterator grpc's thread is blocked on
+        self._call.cancel()
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter, so that thousands of clients that lost etcd
+    at the same moment come back spread over the whole window, not as one wave.
+
+    >>> b = Backoff(base=0.1, cap=1.0)
+    >>> all(0 < b.next() <= 1.0 for _ in range(20))
+    True
+    """
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0, factor: float = 2.0) -> None:
+        self.base = base
+        self.cap = max(cap, base)
+        self.factor = factor
+        self.failures = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.base * self.factor ** min(self.failures, 32))
+        self.failures += 1
+        return random.uniform(min(self.base, ceiling) / 2, ceiling)
+
+    def reset(self) -> None:
+        self.failures = 0

@@ -1,0 +1,108 @@
+"""Discovery in etcd: servers announce endpoints under a lease, clients list and watch.
+
+Layout: `<prefix>/v1/endpoints/<az>/<exchange>/<topic>/<server>/<instance>` → the endpoint's
+JSON, so `etcdctl get --prefix /grpcrpc/` is readable by a person. An AZ either has its own etcd
+cluster (give the resolver a mapping az → `EtcdConfig`) or shares one (a single config).
+
+- `EtcdRegistry` (servers): one lease per registry, kept alive at TTL/3 by one daemon thread.
+  Whatever happens to the lease (etcd restart, partition, wipe, `etcdctl lease revoke`), it
+  retries forever with jittered backoff, grants a new lease and puts every key again.
+- `EtcdResolver` (clients): lists in pages at one revision, watches from the next, and keeps a
+  `RoutingTable` in memory; a broken or compacted watch re-lists. While etcd is unreachable the
+  last table stays, so calls keep flowing.
+
+The code: `_etcd_client` (the only module that imports pyetcd; maps its errors),
+`_etcd_registry`, `_etcd_resolver`; this module holds the configuration and the public names.
+
+>>> config = EtcdConfig(["10.0.0.1:2379", "10.0.0.2:2379"])
+>>> config.endpoints_prefix
+'/grpcrpc/v1/endpoints/'
+>>> config.key(Endpoint("10.0.0.5:41234", "compute", "host1"))
+'/grpcrpc/v1/endpoints/default/openstack/compute/host1/0'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpcrpc.discovery import _etcd_client as ec
+from grpcrpc.discovery._etcd_client import DiscoveryUnavailable
+from grpcrpc.discovery._etcd_registry import EtcdRegistry
+from grpcrpc.discovery._etcd_resolver import EtcdResolver
+from grpcrpc.discovery.base import Endpoint, split_address
+
+__all__ = ["DiscoveryUnavailable", "EtcdConfig", "EtcdRegistry", "EtcdResolver", "connect"]
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdConfig:
+    """Where one etcd cluster is and how to talk to it.
+
+    `endpoints` are `host:port` (an `http://` or `https://` scheme is accepted and dropped;
+    `https` turns TLS on); requests fail over between them. TLS is on when `tls` is set, when
+    a CA or client certificate is given, or with `https://` endpoints. `user`/`password` use
+    etcd's authentication (the token is renewed whenever etcd stops accepting it).
+    `timeout` bounds each request.
+
+    >>> EtcdConfig("https://10.0.0.1:2379,10.0.0.2:2379", prefix="/az1/").endpoints
+    ('10.0.0.1:2379', '10.0.0.2:2379')
+    """
+
+    endpoints: Sequence[str] = ("127.0.0.1:2379",)
+    prefix: str = "/grpcrpc"
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout: float = 5.0
+    tls: bool | None = None
+
+    def __post_init__(self) -> None:
+        raw = self.endpoints.split(",") if isinstance(self.endpoints, str) else self.endpoints
+        endpoints, https = [], False
+        for item in raw:
+            address = item.strip().rstrip("/")
+            scheme, sep, rest = address.partition("://")
+            if sep:
+                if scheme not in ("http", "https"):
+                    raise ValueError(f"etcd endpoint {item!r}: scheme must be http or https")
+                https, address = https or scheme == "https", rest
+            split_address(address)
+            endpoints.append(address)
+        if not endpoints:
+            raise ValueError("EtcdConfig needs at least one endpoint")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if (self.user is None) != (self.password is None):
+            raise ValueError("user and password go together")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+        tls = self.tls if self.tls is not None else bool(
+            https or self.ca_file or self.cert_file)
+        object.__setattr__(self, "endpoints", tuple(endpoints))
+        object.__setattr__(self, "prefix", self.prefix.rstrip("/"))
+        object.__setattr__(self, "tls", tls)
+
+    @property
+    def endpoints_prefix(self) -> str:
+        """`<prefix>/v1/endpoints/`: everything the registry writes lives below it."""
+        return f"{self.prefix}/v1/endpoints/"
+
+    def az_prefix(self, az: str) -> str:
+        return f"{self.endpoints_prefix}{az}/"
+
+    def key(self, endpoint: Endpoint) -> str:
+        """The etcd key of `endpoint`."""
+        return self.endpoints_prefix + endpoint.key_path
+
+
+def connect(config: EtcdConfig) -> Any:
+    """A raw pyetcd client for `config`, for tools and benchmarks (grpcrpc itself never hands
+    one out). Raises `DiscoveryUnavailable` if it cannot connect or authenticate."""
+    try:
+        return ec.make_client(config)
+    except ec.EtcdFailure as exc:
+        raise DiscoveryUnavailable(f"etcd {','.join(config.endpoints)}: {exc}") from None
