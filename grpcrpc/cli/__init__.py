@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -15,8 +16,15 @@ __all__ = ["CommandError", "main"]
 
 # name -> (module, one-line help). Each module has `add_arguments(parser)` and `run(args)`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "version": ("grpcrpc.cli.version", "print the grpcrpc, grpcio and protobuf versions"),
+    "endpoints": ("grpcrpc.cli.endpoints", "list what is registered (lease TTL left, version, age)"),
+    "call": ("grpcrpc.cli.send", "call one server of a topic and print the result"),
+    "cast": ("grpcrpc.cli.send", "cast to one server of a topic"),
+    "fanout": ("grpcrpc.cli.send", "cast to every server of a topic and print the report"),
+    "serve": ("grpcrpc.cli.serve", "run a small echo server (smoke tests, demos)"),
+    "broadcaster": ("grpcrpc.cli.broadcaster", "run a fanout broadcaster for this AZ"),
     "health": ("grpcrpc.cli.health", "check a server's gRPC health status"),
+    "doctor": ("grpcrpc.cli.doctor", "check etcd, leases, stale keys and endpoint health"),
+    "version": ("grpcrpc.cli.version", "print the grpcrpc, grpcio and protobuf versions"),
 }
 
 
@@ -38,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          description=COMMANDS[args.command][1])
     module.add_arguments(cmd_parser)
     cmd_args = cmd_parser.parse_args(rest)
+    cmd_args.command = args.command
     try:
         return int(module.run(cmd_args) or 0)
     except CommandError as exc:
@@ -45,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # an operator sees a sentence, not a traceback (unless debugging)
+        if os.environ.get("GRPCRPC_DEBUG"):
+            raise
+        print(f"Error: {type(exc).__name__}: {exc} (GRPCRPC_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

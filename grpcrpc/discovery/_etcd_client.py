@@ -23,7 +23,7 @@ import queue
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import grpc
@@ -209,6 +209,7 @@ class Page:
     kvs: list[tuple[bytes, bytes]]
     more: bool
     revision: int
+    leases: list[int] = field(default_factory=list)  # the lease of each key in kvs (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +298,7 @@ class Session:
             kwargs["revision"] = revision
         resp = self._client.get_range_response(start, end, **kwargs)
         return Page([(bytes(kv.key), bytes(kv.value)) for kv in resp.kvs], bool(resp.more),
-                    int(resp.header.revision))
+                    int(resp.header.revision), [int(kv.lease) for kv in resp.kvs])
 
     @_mapped
     def watch_prefix(self, prefix: bytes, start_revision: int,

@@ -31,9 +31,17 @@ from grpcrpc.discovery import _etcd_client as ec
 from grpcrpc.discovery._etcd_client import DiscoveryUnavailable
 from grpcrpc.discovery._etcd_registry import EtcdRegistry
 from grpcrpc.discovery._etcd_resolver import EtcdResolver
-from grpcrpc.discovery.base import Endpoint, split_address
+from grpcrpc.discovery.base import Endpoint, InvalidEndpoint, split_address
 
-__all__ = ["DiscoveryUnavailable", "EtcdConfig", "EtcdRegistry", "EtcdResolver", "connect"]
+__all__ = [
+    "DiscoveryUnavailable",
+    "EtcdConfig",
+    "EtcdRegistry",
+    "EtcdResolver",
+    "Registration",
+    "connect",
+    "list_registrations",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +114,62 @@ def connect(config: EtcdConfig) -> Any:
         return ec.make_client(config)
     except ec.EtcdFailure as exc:
         raise DiscoveryUnavailable(f"etcd {','.join(config.endpoints)}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """One key under the endpoints prefix, as an operator sees it.
+
+    `endpoint` is None when the value is not a valid endpoint (`problem` says why);
+    `lease_id` 0 means the key is under no lease and will never expire by itself.
+    """
+
+    key: str
+    endpoint: Endpoint | None
+    lease_id: int
+    ttl_left: int  # seconds; -1 when etcd no longer has the lease
+    problem: str = ""
+
+
+def list_registrations(
+    config: EtcdConfig, *, az: str | None = None, topic: str | None = None, page_size: int = 1000
+) -> list[Registration]:
+    """Everything registered (in one AZ, for one topic), with each lease's TTL left.
+
+    For tools (`grpcrpc endpoints`, `grpcrpc doctor`); raises `DiscoveryUnavailable` when etcd
+    cannot be read.
+    """
+    prefix = (config.az_prefix(az) if az else config.endpoints_prefix).encode()
+    try:
+        session = ec.Session(config)
+    except ec.EtcdFailure as exc:
+        raise DiscoveryUnavailable(f"etcd {','.join(config.endpoints)}: {exc}") from None
+    try:
+        rows: list[tuple[str, bytes, int]] = []
+        start, end, revision = prefix, ec.prefix_end(prefix), None
+        while True:
+            page = session.range_page(start, end, page_size, revision)
+            rows += [(k.decode(errors="replace"), v, lease)
+                     for (k, v), lease in zip(page.kvs, page.leases, strict=True)]
+            if not page.more or not page.kvs:
+                break
+            start, revision = page.kvs[-1][0] + b"\0", page.revision
+        ttls = {lease: session.time_to_live(lease) for lease in {r[2] for r in rows} if lease}
+    except ec.EtcdFailure as exc:
+        raise DiscoveryUnavailable(f"etcd {','.join(config.endpoints)}: {exc}") from None
+    finally:
+        session.close()
+    out = []
+    for key, value, lease in rows:
+        try:
+            endpoint: Endpoint | None = Endpoint.from_json(value)
+            problem = ""
+        except InvalidEndpoint as exc:
+            endpoint, problem = None, str(exc)
+        if topic is not None and (endpoint is None or endpoint.topic != topic):
+            continue
+        if endpoint is not None and config.key(endpoint) != key:
+            problem = f"the key does not match the value (value says {config.key(endpoint)})"
+        out.append(Registration(key, endpoint, lease, ttls.get(lease, -1) if lease else -1,
+                                problem))
+    return out
