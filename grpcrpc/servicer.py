@@ -26,7 +26,9 @@ from grpcrpc import tracing
 from grpcrpc.auth import ServerAuth
 from grpcrpc.dispatcher import Dispatcher, Handler
 from grpcrpc.exceptions import GrpcrpcError, InvalidEnvelope, NoSuchMethod, UnsupportedVersion
+from grpcrpc.generated.v1 import transport_pb2 as tpb
 from grpcrpc.serializer import Serializer
+from grpcrpc.transport.batching import Outbox
 
 __all__ = ["EnvelopeServicer", "Identity", "Limits"]
 
@@ -122,6 +124,7 @@ class EnvelopeServicer:
         return grpc.method_handlers_generic_handler(
             "grpcrpc.v1.Transport",
             {
+                "Batches": grpc.stream_stream_rpc_method_handler(self.batches),
                 "Stream": grpc.stream_stream_rpc_method_handler(self.stream),
                 "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
             },
@@ -138,54 +141,85 @@ class EnvelopeServicer:
     async def stream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> None:
-        write_lock = asyncio.Lock()
+        await self._serve_stream(requests, context, batched=False)
+
+    async def batches(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._serve_stream(requests, context, batched=True)
+
+    async def _serve_stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, *, batched: bool
+    ) -> None:
+        """One envelope stream: calls run concurrently (matched by id), replies go out through
+        an outbox that coalesces them (`batched`) or sends one per message."""
         calls: dict[str, asyncio.Task[None]] = {}
 
-        async def send(reply: ev.Reply) -> None:
-            data = self._encode(reply)
-            async with write_lock:
-                await context.write(data)
+        def write_failed(error: BaseException, unsent: list[None]) -> None:
+            log.debug("stream to %s broke while replying: %s", context.peer(), error)
+
+        outbox: Outbox[None] = Outbox(context.write, self.limits.max_message_size, write_failed,
+                                      batched=batched)
+
+        def send(reply: ev.Reply) -> None:
+            if not outbox.failed:  # the caller is gone: it sees the broken stream
+                outbox.put(self._encode(reply))
 
         async def call_and_reply(env: ev.Envelope, ticket: _Ticket) -> None:
             try:
-                await send(await self._run(env, ticket))
+                send(await self._run(env, ticket))
             except asyncio.CancelledError:
                 pass  # the caller cancelled it: it wants no reply
-            except Exception:  # the stream broke under the write: the caller sees that
-                log.debug("could not reply to %s", env.id, exc_info=True)
             finally:
                 calls.pop(env.id, None)
 
         loop = asyncio.get_running_loop()
         identity, peer = self._identify(context), context.peer()
+
+        async def handle(env: ev.Envelope) -> None:
+            ticket, reply = self._admit(env, identity, peer)
+            if reply is None:
+                if ticket is None:  # a cancel envelope
+                    task = calls.get(env.id)
+                    if task is not None:
+                        task.cancel()
+                    return
+                if env.cast:
+                    reply = await self._run(env, ticket)
+                elif env.id in calls:
+                    self._release(ticket)
+                    reply = ev.reply_failure(env.id, ev.ErrorCode.INVALID_ENVELOPE,
+                                             "duplicate message id in flight")
+                elif len(calls) >= self.limits.stream_in_flight:
+                    self._release(ticket)
+                    reply = self._overloaded(env, "stream")
+                else:
+                    calls[env.id] = loop.create_task(call_and_reply(env, ticket))
+                    return
+            send(reply)
+
         try:
             async for raw in requests:
-                env, ticket, reply = self._accept(raw, identity, peer)
-                if reply is None:
-                    assert env is not None
-                    if ticket is None:  # a cancel envelope
-                        task = calls.get(env.id)
-                        if task is not None:
-                            task.cancel()
+                if batched:
+                    try:
+                        envelopes = list(tpb.EnvelopeBatch.FromString(raw).envelopes)
+                    except Exception as err:  # DecodeError: not a batch at all
+                        send(ev.reply_failure("", ev.ErrorCode.INVALID_ENVELOPE,
+                                              f"not an envelope batch: {err}"))
                         continue
-                    if env.cast:
-                        reply = await self._run(env, ticket)
-                    elif env.id in calls:
-                        self._release(ticket)
-                        reply = ev.reply_failure(
-                            env.id, ev.ErrorCode.INVALID_ENVELOPE, "duplicate message id in flight"
-                        )
-                    elif len(calls) >= self.limits.stream_in_flight:
-                        self._release(ticket)
-                        reply = self._overloaded(env, "stream")
-                    else:
-                        calls[env.id] = loop.create_task(call_and_reply(env, ticket))
+                else:
+                    env, failure = self._parse(raw)
+                    if env is None:
+                        send(failure or ev.reply_failure("", ev.ErrorCode.INVALID_ENVELOPE, "?"))
                         continue
-                await send(reply)
+                    envelopes = [env]
+                for env in envelopes:
+                    await handle(env)
         finally:
             # The caller half-closed (or went away): finish what it is still waiting for.
             if calls:
                 await asyncio.gather(*calls.values(), return_exceptions=True)
+            await outbox.flush()
 
     # -- accepting ------------------------------------------------------------------------
 
@@ -200,23 +234,38 @@ class EnvelopeServicer:
         Returns (envelope, ticket, None) when it is admitted (the caller must `_run` it, which
         releases the ticket), or (envelope-or-None, None, reply) to send at once.
         """
+        env, failure = self._parse(raw)
+        if failure is not None:
+            return None, None, failure
+        assert env is not None
+        ticket, reply = self._admit(env, identity, peer)
+        return env, ticket, reply
+
+    @staticmethod
+    def _parse(raw: bytes) -> tuple[ev.Envelope | None, ev.Reply | None]:
         try:
-            env = ev.Envelope.FromString(raw)
+            return ev.Envelope.FromString(raw), None
         except Exception as err:  # DecodeError and friends: not an envelope at all
-            return None, None, ev.reply_failure(
+            return None, ev.reply_failure(
                 "", ev.ErrorCode.INVALID_ENVELOPE, f"not a grpcrpc envelope: {err}"
             )
+
+    def _admit(
+        self, env: ev.Envelope, identity: str | None, peer: str
+    ) -> tuple[_Ticket | None, ev.Reply | None]:
+        """Validate, route, authorise and admit a parsed envelope: (ticket, None) when admitted,
+        (None, reply) to answer at once, (None, None) for a cancel envelope."""
         try:
             ev.validate_envelope(env)
         except InvalidEnvelope as err:
-            return env, None, ev.reply_failure(env.id, ev.ErrorCode.INVALID_ENVELOPE, str(err))
+            return None, ev.reply_failure(env.id, ev.ErrorCode.INVALID_ENVELOPE, str(err))
         if env.cancel:
-            return env, None, None
+            return None, None
         if self.stopping:
-            return env, None, ev.reply_failure(env.id, ev.ErrorCode.STOPPING, "server is stopping")
+            return None, ev.reply_failure(env.id, ev.ErrorCode.STOPPING, "server is stopping")
         misrouted = self._misrouted(env.target)
         if misrouted:
-            return env, None, ev.reply_failure(env.id, ev.ErrorCode.MISROUTED, misrouted)
+            return None, ev.reply_failure(env.id, ev.ErrorCode.MISROUTED, misrouted)
         t = env.target
         if self.auth is not None:
             op = "fanout" if env.fanout else ("cast" if env.cast else "call")
@@ -224,29 +273,29 @@ class EnvelopeServicer:
                 # Who and what, for the operator; nothing that helps the caller.
                 log.warning("unauthorized: %s may not %s %s.%s (peer %s)",
                             identity or "unauthenticated caller", op, t.topic, env.method, peer)
-                return env, None, ev.reply_failure(env.id, ev.ErrorCode.UNAUTHORIZED,
+                return None, ev.reply_failure(env.id, ev.ErrorCode.UNAUTHORIZED,
                                                    "not authorized")
         try:
             handler = self.dispatcher.lookup(t.namespace, t.version, env.method)
         except NoSuchMethod as err:
-            return env, None, ev.reply_failure(env.id, ev.ErrorCode.NO_SUCH_METHOD, str(err))
+            return None, ev.reply_failure(env.id, ev.ErrorCode.NO_SUCH_METHOD, str(err))
         except UnsupportedVersion as err:
-            return env, None, ev.reply_failure(env.id, ev.ErrorCode.UNSUPPORTED_VERSION, str(err))
+            return None, ev.reply_failure(env.id, ev.ErrorCode.UNSUPPORTED_VERSION, str(err))
         held = self._per_peer.get(peer, 0)
         if held >= self.limits.per_connection:
-            return env, None, self._overloaded(env, "this connection's share")
+            return None, self._overloaded(env, "this connection's share")
         if handler.is_async:
             if self._async_active >= self.limits.coroutines:
-                return env, None, self._overloaded(env, "coroutine")
+                return None, self._overloaded(env, "coroutine")
             self._async_active += 1
         else:
             if self._sync_active >= self.limits.sync_capacity:
-                return env, None, self._overloaded(env, "thread pool")
+                return None, self._overloaded(env, "thread pool")
             self._sync_active += 1
         self._per_peer[peer] = held + 1
         self._busy += 1
         self._idle.clear()
-        return env, _Ticket(handler, peer), None
+        return _Ticket(handler, peer), None
 
     def _misrouted(self, t: ev.WireTarget) -> str:
         me = self.identity

@@ -1,10 +1,12 @@
 """The asyncio transport: envelope streams over `grpc.aio`, many messages in flight per stream.
 
-Each endpoint gets `streams_per_endpoint` bidirectional streams, opened lazily. A message is
-written to a stream and its reply is matched by message id by the stream's reader task. A stream
-that cannot open fails its message *before* anything was written, so the message goes to another
-endpoint; a stream that breaks after writing fails the messages in flight on it with
-`DeliveryError` (they may have been delivered) and is replaced on the next message.
+Each endpoint gets `streams_per_endpoint` bidirectional `Batches` streams, opened lazily. A
+message is queued on a stream's outbox, which writes everything queued while its previous write
+was in flight as one batch; the stream's reader task matches replies to waiters by message id.
+A stream that cannot open fails its message *before* anything was written, and a stream that
+breaks fails the messages still queued the same way (`NotSent`), so those go to another endpoint;
+the messages already written fail with `DeliveryError` (they may have been delivered), and the
+stream is replaced on the next message.
 
 >>> import asyncio
 >>> from grpcrpc.discovery import StaticResolver
@@ -30,11 +32,18 @@ from grpcrpc import envelope as ev
 from grpcrpc import fanout
 from grpcrpc._errors import map_rpc_error, never_sent
 from grpcrpc.discovery.base import Endpoint, Resolver
-from grpcrpc.exceptions import ClientClosed, DeliveryError, InvalidEnvelope, MessagingTimeout
+from grpcrpc.exceptions import (
+    ClientClosed,
+    DeliveryError,
+    GrpcrpcError,
+    MessagingTimeout,
+    Unauthorized,
+)
+from grpcrpc.generated.v1 import transport_pb2 as tpb
 from grpcrpc.target import Target
 from grpcrpc.transport.base import (
+    BATCHES_METHOD,
     FANOUT_METHOD,
-    STREAM_METHOD,
     Attempts,
     NotSent,
     TransportBase,
@@ -46,18 +55,21 @@ from grpcrpc.transport.base import (
     fanout_request,
     parse_report,
 )
+from grpcrpc.transport.batching import Outbox
 
 __all__ = ["AsyncTransport"]
 
 
 class _Stream:
-    """One envelope stream: serialised writes, replies matched to waiters by message id."""
+    """One envelope stream (`Batches`): writes coalesced by an `Outbox`, replies matched to
+    waiters by message id by a reader task."""
 
-    def __init__(self, channel: grpc.aio.Channel, address: str, metadata: tuple[tuple[str, str], ...]):
+    def __init__(self, channel: grpc.aio.Channel, address: str,
+                 metadata: tuple[tuple[str, str], ...], max_bytes: int) -> None:
         self.address = address
-        self._call = channel.stream_stream(STREAM_METHOD)(metadata=metadata or None)
+        self._call = channel.stream_stream(BATCHES_METHOD)(metadata=metadata or None)
         self._pending: dict[str, asyncio.Future[ev.Reply]] = {}
-        self._write_lock = asyncio.Lock()
+        self._outbox: Outbox[str] = Outbox(self._call.write, max_bytes, self._write_failed)
         self._opened = False
         self._open_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
@@ -82,65 +94,68 @@ class _Stream:
             self._opened = True
 
     async def request(self, msg_id: str, data: bytes) -> asyncio.Future[ev.Reply]:
-        """Write one envelope; the future its reply will resolve."""
+        """Queue one envelope; the future its reply will resolve. The future fails with
+        `NotSent` if the stream broke before the envelope was written, `DeliveryError` if after.
+        """
         if not self._opened:
             await self._open()
         if self.broken:
             raise NotSent("stream closed")
         fut: asyncio.Future[ev.Reply] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = fut
-        try:
-            async with self._write_lock:
-                await self._call.write(data)
-        except (grpc.RpcError, asyncio.InvalidStateError) as err:
-            self._pending.pop(msg_id, None)
-            self.broken = True
-            # The stream died under this write: it may or may not have reached the server.
-            raise DeliveryError(f"stream @ {self.address} failed while sending: {err}") from None
+        self._outbox.put(data, msg_id)
         return fut
 
     def forget(self, msg_id: str) -> None:
         self._pending.pop(msg_id, None)
 
-    async def send_only(self, data: bytes) -> None:
-        """Write a control envelope (cancel) and expect no reply; best effort."""
-        if self.broken or not self._opened:
-            return
-        try:
-            async with self._write_lock:
-                await self._call.write(data)
-        except (grpc.RpcError, asyncio.InvalidStateError):
-            self.broken = True
+    def send_only(self, data: bytes) -> None:
+        """Queue a control envelope (cancel) that gets no reply; best effort."""
+        if not self.broken and self._opened and not self._outbox.failed:
+            self._outbox.put(data)
+
+    def _write_failed(self, error: BaseException, unsent: list[str]) -> None:
+        self.broken = True
+        for msg_id in unsent:  # still queued: provably never written, safe to send elsewhere
+            fut = self._pending.pop(msg_id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(NotSent(f"stream @ {self.address} broke before sending"))
+        # The batch being written when it failed is settled by the reader, which sees the
+        # stream end: those may or may not have been delivered.
 
     async def _read(self) -> None:
-        reason = "stream closed by the server"
+        failure: GrpcrpcError = DeliveryError("stream closed by the server")
         try:
             while True:
                 raw = await self._call.read()
                 if raw is grpc.aio.EOF:
                     break
                 try:
-                    reply = ev.parse_reply(raw)
-                except InvalidEnvelope:
-                    continue  # one garbled reply must not take the others down
-                fut = self._pending.pop(reply.id, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(reply)
+                    replies = tpb.ReplyBatch.FromString(raw).replies
+                except Exception:  # DecodeError: one garbled batch must not take others down
+                    continue
+                pending = self._pending
+                for reply in replies:
+                    fut = pending.pop(reply.id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(reply)
         except grpc.RpcError as err:
-            reason = str(map_rpc_error(err, f"stream @ {self.address}"))
+            failure = map_rpc_error(err, f"stream @ {self.address}")
         except asyncio.CancelledError:
-            reason = "client closed"
+            failure = DeliveryError("client closed")
         finally:
             self.broken = True
             pending, self._pending = self._pending, {}
+            # An authorisation failure says so; anything else leaves delivery in doubt.
+            error = failure if isinstance(failure, Unauthorized) else DeliveryError(
+                f"{failure}; the message may or may not have been delivered")
             for fut in pending.values():
                 if not fut.done():
-                    fut.set_exception(DeliveryError(
-                        f"{reason}; the message may or may not have been delivered"
-                    ))
+                    fut.set_exception(error)
 
     async def close(self) -> None:
         self.broken = True
+        self._outbox.close()
         self._call.cancel()
         if self._reader is not None:
             self._reader.cancel()
@@ -149,12 +164,14 @@ class _Stream:
 
 class _Conn:
     def __init__(
-        self, channel: grpc.aio.Channel, address: str, n: int, metadata: tuple[tuple[str, str], ...]
+        self, channel: grpc.aio.Channel, address: str, n: int,
+        metadata: tuple[tuple[str, str], ...], max_bytes: int,
     ) -> None:
         self.channel = channel
         self.address = address
         self.fanout = channel.unary_unary(FANOUT_METHOD)
         self._metadata = metadata
+        self._max_bytes = max_bytes
         self._streams: list[_Stream | None] = [None] * max(1, n)
         self._next = itertools.count()
 
@@ -162,7 +179,8 @@ class _Conn:
         i = next(self._next) % len(self._streams)
         s = self._streams[i]
         if s is None or s.broken:
-            s = self._streams[i] = _Stream(self.channel, self.address, self._metadata)
+            s = self._streams[i] = _Stream(self.channel, self.address, self._metadata,
+                                           self._max_bytes)
         return s
 
     async def close(self) -> None:
@@ -203,7 +221,8 @@ class AsyncTransport(TransportBase):
         else:
             channel = grpc.aio.insecure_channel(address, self._channel_options)
         conn = self._conns[address] = _Conn(
-            channel, address, self.options.streams_per_endpoint, self._metadata
+            channel, address, self.options.streams_per_endpoint, self._metadata,
+            self.options.max_message_size,
         )
         excess = len(self._conns) - self.options.max_channels
         for other in list(self._conns):
@@ -259,14 +278,16 @@ class AsyncTransport(TransportBase):
                 try:
                     async with asyncio.timeout(attempts.remaining()):
                         reply = await fut
+                except NotSent as err:  # the stream broke before this one was written
+                    attempts.never_sent(endpoint, str(err))
+                    continue
                 except TimeoutError:
                     stream.forget(msg_id)
                     raise MessagingTimeout(f"{what} @ {address}: timed out") from None
                 except asyncio.CancelledError:
                     # The caller gave up: tell the server, so it can drop the work.
                     stream.forget(msg_id)
-                    cancel = ev.Envelope(id=msg_id, cancel=True).SerializeToString()
-                    self._spawn(stream.send_only(cancel))
+                    stream.send_only(ev.Envelope(id=msg_id, cancel=True).SerializeToString())
                     raise
             finally:
                 self._done(address)

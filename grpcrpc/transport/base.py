@@ -32,6 +32,7 @@ from grpcrpc.generated.v1 import broadcaster_pb2 as bpb
 from grpcrpc.target import Target
 
 __all__ = [
+    "BATCHES_METHOD",
     "BROADCASTER_EXCHANGE",
     "BROADCASTER_TOPIC",
     "FANOUT_METHOD",
@@ -48,6 +49,7 @@ __all__ = [
     "parse_report",
 ]
 
+BATCHES_METHOD = "/grpcrpc.v1.Transport/Batches"
 STREAM_METHOD = "/grpcrpc.v1.Transport/Stream"
 UNARY_METHOD = "/grpcrpc.v1.Transport/Unary"
 FANOUT_METHOD = "/grpcrpc.v1.Broadcaster/Fanout"

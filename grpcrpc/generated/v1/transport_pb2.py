@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from grpcrpc.generated.v1 import envelope_pb2 as grpcrpc_dot_generated_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$grpcrpc/generated/v1/transport.proto\x12\ngrpcrpc.v1\x1a#grpcrpc/generated/v1/envelope.proto2t\n\tTransport\x12\x35\n\x06Stream\x12\x14.grpcrpc.v1.Envelope\x1a\x11.grpcrpc.v1.Reply(\x01\x30\x01\x12\x30\n\x05Unary\x12\x14.grpcrpc.v1.Envelope\x1a\x11.grpcrpc.v1.Replyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$grpcrpc/generated/v1/transport.proto\x12\ngrpcrpc.v1\x1a#grpcrpc/generated/v1/envelope.proto\"8\n\rEnvelopeBatch\x12\'\n\tenvelopes\x18\x01 \x03(\x0b\x32\x14.grpcrpc.v1.Envelope\"0\n\nReplyBatch\x12\"\n\x07replies\x18\x01 \x03(\x0b\x32\x11.grpcrpc.v1.Reply2\xb6\x01\n\tTransport\x12@\n\x07\x42\x61tches\x12\x19.grpcrpc.v1.EnvelopeBatch\x1a\x16.grpcrpc.v1.ReplyBatch(\x01\x30\x01\x12\x35\n\x06Stream\x12\x14.grpcrpc.v1.Envelope\x1a\x11.grpcrpc.v1.Reply(\x01\x30\x01\x12\x30\n\x05Unary\x12\x14.grpcrpc.v1.Envelope\x1a\x11.grpcrpc.v1.Replyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'grpcrpc.generated.v1.transport_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSPORT']._serialized_start=89
-  _globals['_TRANSPORT']._serialized_end=205
+  _globals['_ENVELOPEBATCH']._serialized_start=89
+  _globals['_ENVELOPEBATCH']._serialized_end=145
+  _globals['_REPLYBATCH']._serialized_start=147
+  _globals['_REPLYBATCH']._serialized_end=195
+  _globals['_TRANSPORT']._serialized_start=198
+  _globals['_TRANSPORT']._serialized_end=380
 # @@protoc_insertion_point(module_scope)

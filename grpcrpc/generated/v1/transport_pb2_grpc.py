@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from grpcrpc.generated.v1 import envelope_pb2 as grpcrpc_dot_generated_dot_v1_dot_envelope__pb2
+from grpcrpc.generated.v1 import transport_pb2 as grpcrpc_dot_generated_dot_v1_dot_transport__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -34,6 +35,11 @@ class TransportStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Batches = channel.stream_stream(
+                '/grpcrpc.v1.Transport/Batches',
+                request_serializer=grpcrpc_dot_generated_dot_v1_dot_transport__pb2.EnvelopeBatch.SerializeToString,
+                response_deserializer=grpcrpc_dot_generated_dot_v1_dot_transport__pb2.ReplyBatch.FromString,
+                _registered_method=True)
         self.Stream = channel.stream_stream(
                 '/grpcrpc.v1.Transport/Stream',
                 request_serializer=grpcrpc_dot_generated_dot_v1_dot_envelope__pb2.Envelope.SerializeToString,
@@ -49,8 +55,18 @@ class TransportStub:
 class TransportServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Stream(self, request_iterator, context):
+    def Batches(self, request_iterator, context):
         """The throughput path: many calls and casts in flight on one HTTP/2 stream, matched by id.
+        A sender coalesces the envelopes queued while its previous write was in flight into one
+        batch (and the server its replies likewise), so a busy stream pays gRPC's per-message cost
+        once per batch; an idle one sends batches of one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stream(self, request_iterator, context):
+        """One envelope per message on a stream: for simple peers and tools.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -66,6 +82,11 @@ class TransportServicer:
 
 def add_TransportServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Batches': grpc.stream_stream_rpc_method_handler(
+                    servicer.Batches,
+                    request_deserializer=grpcrpc_dot_generated_dot_v1_dot_transport__pb2.EnvelopeBatch.FromString,
+                    response_serializer=grpcrpc_dot_generated_dot_v1_dot_transport__pb2.ReplyBatch.SerializeToString,
+            ),
             'Stream': grpc.stream_stream_rpc_method_handler(
                     servicer.Stream,
                     request_deserializer=grpcrpc_dot_generated_dot_v1_dot_envelope__pb2.Envelope.FromString,
@@ -86,6 +107,33 @@ def add_TransportServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Transport:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Batches(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/grpcrpc.v1.Transport/Batches',
+            grpcrpc_dot_generated_dot_v1_dot_transport__pb2.EnvelopeBatch.SerializeToString,
+            grpcrpc_dot_generated_dot_v1_dot_transport__pb2.ReplyBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Stream(request_iterator,

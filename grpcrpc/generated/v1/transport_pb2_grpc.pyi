@@ -6,6 +6,7 @@ The generic servicer: one service handles every topic and method by reading the 
 from collections import abc as _abc
 from grpc import aio as _aio
 from grpcrpc.generated.v1 import envelope_pb2 as _envelope_pb2
+from grpcrpc.generated.v1 import transport_pb2 as _transport_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -31,27 +32,51 @@ class TransportStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TransportAsyncStub: ...
+    Batches: _grpc.StreamStreamMultiCallable[_transport_pb2.EnvelopeBatch, _transport_pb2.ReplyBatch]
+    """The throughput path: many calls and casts in flight on one HTTP/2 stream, matched by id.
+    A sender coalesces the envelopes queued while its previous write was in flight into one
+    batch (and the server its replies likewise), so a busy stream pays gRPC's per-message cost
+    once per batch; an idle one sends batches of one.
+    """
     Stream: _grpc.StreamStreamMultiCallable[_envelope_pb2.Envelope, _envelope_pb2.Reply]
-    """The throughput path: many calls and casts in flight on one HTTP/2 stream, matched by id."""
+    """One envelope per message on a stream: for simple peers and tools."""
     Unary: _grpc.UnaryUnaryMultiCallable[_envelope_pb2.Envelope, _envelope_pb2.Reply]
     """One envelope, one reply: for one-shot callers and tools."""
 
 @_typing.type_check_only
 class TransportAsyncStub(TransportStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
+    Batches: _aio.StreamStreamMultiCallable[_transport_pb2.EnvelopeBatch, _transport_pb2.ReplyBatch]  # type: ignore[assignment]
+    """The throughput path: many calls and casts in flight on one HTTP/2 stream, matched by id.
+    A sender coalesces the envelopes queued while its previous write was in flight into one
+    batch (and the server its replies likewise), so a busy stream pays gRPC's per-message cost
+    once per batch; an idle one sends batches of one.
+    """
     Stream: _aio.StreamStreamMultiCallable[_envelope_pb2.Envelope, _envelope_pb2.Reply]  # type: ignore[assignment]
-    """The throughput path: many calls and casts in flight on one HTTP/2 stream, matched by id."""
+    """One envelope per message on a stream: for simple peers and tools."""
     Unary: _aio.UnaryUnaryMultiCallable[_envelope_pb2.Envelope, _envelope_pb2.Reply]  # type: ignore[assignment]
     """One envelope, one reply: for one-shot callers and tools."""
 
 class TransportServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Batches(
+        self,
+        request_iterator: _MaybeAsyncIterator[_transport_pb2.EnvelopeBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_transport_pb2.ReplyBatch], _abc.AsyncIterator[_transport_pb2.ReplyBatch]]:
+        """The throughput path: many calls and casts in flight on one HTTP/2 stream, matched by id.
+        A sender coalesces the envelopes queued while its previous write was in flight into one
+        batch (and the server its replies likewise), so a busy stream pays gRPC's per-message cost
+        once per batch; an idle one sends batches of one.
+        """
+
     @_abc_1.abstractmethod
     def Stream(
         self,
         request_iterator: _MaybeAsyncIterator[_envelope_pb2.Envelope],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_envelope_pb2.Reply], _abc.AsyncIterator[_envelope_pb2.Reply]]:
-        """The throughput path: many calls and casts in flight on one HTTP/2 stream, matched by id."""
+        """One envelope per message on a stream: for simple peers and tools."""
 
     @_abc_1.abstractmethod
     def Unary(
