@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import grpc.aio
 
-from bench.common import Series, busy_fraction, percentile, pin_client, print_table, server_process
+from bench.common import Series, busy_fraction, percentile, pin_client, print_table, run_async, server_process
 from grpcrpc import AsyncRPCClient, Endpoint, RPCClient, StaticResolver, Target
 
 ECHO = "/bench.Raw/Echo"
@@ -86,7 +86,7 @@ def raw_aio(address: str, n: int, concurrency: int) -> tuple[float, float]:
 
             return await _timed_async(one, n, concurrency)
 
-    return asyncio.run(go())
+    return run_async(go())
 
 
 def rpc_aio(address: str, n: int, concurrency: int) -> tuple[float, float]:
@@ -94,7 +94,7 @@ def rpc_aio(address: str, n: int, concurrency: int) -> tuple[float, float]:
         async with AsyncRPCClient(_resolver(address), Target(topic="bench"), timeout=10) as client:
             return await _timed_async(lambda i: client.call({}, "echo", x=i), n, concurrency)
 
-    return asyncio.run(go())
+    return run_async(go())
 
 
 # -- casts ------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def raw_oneway(address: str, n: int) -> float:
             assert got == n, (got, n)
             return n / elapsed
 
-    return asyncio.run(go())
+    return run_async(go())
 
 
 def rpc_cast(address: str, n: int, in_flight: int = 256) -> float:
@@ -135,7 +135,7 @@ def rpc_cast(address: str, n: int, in_flight: int = 256) -> float:
                 await asyncio.sleep(0.001)
             return n / (time.perf_counter() - start)
 
-    return asyncio.run(go())
+    return run_async(go())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,6 @@ and memory are read from /proc: CPU per fanout, and the RSS its connections to t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import math
@@ -23,7 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from bench.common import CLIENT_CORE, SERVER_CORE, Series, pin_client
+from bench.common import CLIENT_CORE, SERVER_CORE, Series, pin_client, run_async
 from grpcrpc import AsyncRPCClient, Endpoint, StaticResolver, Target, TransportOptions
 from grpcrpc.broadcaster import BROADCASTER_EXCHANGE, BROADCASTER_TOPIC
 
@@ -117,7 +116,7 @@ def measure(servers: list[Endpoint], reps: int, tmp: str) -> dict[str, object]:
 
         rss_before = _rss_mib(solo_pid)
         cpu_before = _cpu_seconds(solo_pid)
-        series = asyncio.run(run())
+        series = run_async(run())
         cpu = (_cpu_seconds(solo_pid) - cpu_before) / (reps + 1)
         rss = _rss_mib(solo_pid) - rss_before
     return {"size": size, "series": series, "cpu_per_fanout": cpu, "rss_added": rss}

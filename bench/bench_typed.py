@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench.common import SERVER_CORE, Series, busy_fraction, percentile, pin_client, print_table
+from bench.common import SERVER_CORE, Series, busy_fraction, percentile, pin_client, print_table, run_async
 from bench.typed_server import DICT_TOPIC
 from grpcrpc import AsyncRPCClient, Endpoint, RPCClient, StaticResolver, Target
 from grpcrpc.examples.nova import common_pb2, scheduler_pb2
@@ -107,7 +107,7 @@ def aio_concurrent(kind: str, addresses: tuple[str, str], n: int, concurrency: i
             return await _timed_async(lambda: plain.call({}, "select_destinations", **KWARGS), n,
                                       concurrency)
 
-    return asyncio.run(go())
+    return run_async(go())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,15 +7,19 @@ reports the median and spread of the repetitions and ratios to the reference.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 HERE = pathlib.Path(__file__).resolve().parent
 CLIENT_CORE = 0
@@ -104,3 +108,16 @@ def print_table(rows: list[tuple[str, str, Series, str, Series | None, bool]]) -
         ratio = f"{series.median / ref.median:.2f}x" if ref is not None and ref.median else ""
         print(f"{scenario:34} {system:22} {fmt(series.median, unit):>12} "
               f"{series.spread * 100:6.1f}% {ratio:>8}")
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on this process's one benchmark loop. grpc.aio binds its poller to a loop:
+    a new loop per measurement (asyncio.run) leaves callbacks aimed at closed loops."""
+    global _loop
+    if _loop is None:
+        _loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(_loop)
+    return _loop.run_until_complete(coro)

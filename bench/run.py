@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import bench_core, bench_fanout, bench_tracing, bench_typed
+from bench import bench_core, bench_fanout, bench_security, bench_tracing, bench_typed
 
 
 def main() -> None:
@@ -23,6 +23,9 @@ def main() -> None:
     print()
     print("== typed (protobuf) vs dict-style calls ==", flush=True)
     bench_typed.main(args)
+    print()
+    print("== security: TLS, mTLS, token vs plaintext ==", flush=True)
+    bench_security.main(args)
 
 
 if __name__ == "__main__":
