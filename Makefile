@@ -40,7 +40,9 @@ fuzz: $(STAMP)
 demo: $(STAMP) etcd
 	$(PY) -m grpcrpc.demo
 
+# Benchmarks are not part of `make test` (a smoke run of each is). They want an idle machine.
 bench: $(STAMP) etcd
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run
 
 clean:

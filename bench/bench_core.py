@@ -10,13 +10,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import grpc.aio
 
-from bench.common import Series, busy_fraction, percentile, pin_client, print_table, run_async, server_process
+from bench.common import (
+    Series,
+    busy_fraction,
+    percentile,
+    pin_client,
+    print_table,
+    run_async,
+    server_process,
+)
+from bench.results import record
 from grpcrpc import AsyncRPCClient, Endpoint, RPCClient, StaticResolver, Target
 
 ECHO = "/bench.Raw/Echo"
@@ -27,39 +37,55 @@ def _resolver(address: str) -> StaticResolver:
     return StaticResolver([Endpoint(address, "bench", "b1")])
 
 
-# -- sequential, sync -------------------------------------------------------------------------
+# -- sync: sequential or N threads ------------------------------------------------------------
 
-def raw_sync_seq(address: str, n: int) -> tuple[float, float]:
-    with grpc.insecure_channel(address) as channel:
-        echo = channel.unary_unary(ECHO)
-
-        def one(i: int) -> None:
-            json.loads(echo(json.dumps({"x": i}).encode(), timeout=10))
-
-        return _timed_sync(one, n)
+Lat = tuple[list[float], float]  # latencies, calls/s
 
 
-def rpc_sync_seq(address: str, n: int) -> tuple[float, float]:
-    with RPCClient(_resolver(address), Target(topic="bench"), timeout=10) as client:
-        return _timed_sync(lambda i: client.call({}, "echo", x=i), n)
-
-
-def _timed_sync(one: Callable[[int], object], n: int) -> tuple[float, float]:
+def _timed_sync(one: Callable[[int], object], n: int, threads: int) -> Lat:
     for i in range(min(200, n)):
         one(i)
-    lat = []
+    lat: list[float] = []
+    counter = iter(range(n))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        mine = []
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                break
+            t = time.perf_counter()
+            one(i)
+            mine.append(time.perf_counter() - t)
+        with lock:
+            lat.extend(mine)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
     start = time.perf_counter()
-    for i in range(n):
-        t = time.perf_counter()
-        one(i)
-        lat.append(time.perf_counter() - t)
-    return percentile(lat, 0.5), n / (time.perf_counter() - start)
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return lat, n / (time.perf_counter() - start)
 
 
-# -- asyncio: sequential and concurrent -------------------------------------------------------
+def raw_sync(address: str, n: int, threads: int, payload: object) -> Lat:
+    with grpc.insecure_channel(address) as channel:
+        echo = channel.unary_unary(ECHO)
+        return _timed_sync(lambda i: json.loads(echo(json.dumps({"x": payload}).encode(),
+                                                      timeout=30)), n, threads)
 
-async def _timed_async(one: Callable[[int], Awaitable[object]], n: int, concurrency: int
-                       ) -> tuple[float, float]:
+
+def rpc_sync(address: str, n: int, threads: int, payload: object) -> Lat:
+    with RPCClient(_resolver(address), Target(topic="bench"), timeout=30) as client:
+        return _timed_sync(lambda i: client.call({}, "echo", x=payload), n, threads)
+
+
+# -- asyncio: sequential or N in flight --------------------------------------------------------
+
+async def _timed_async(one: Callable[[int], Awaitable[object]], n: int, concurrency: int) -> Lat:
     for i in range(min(200, n)):
         await one(i)
     lat: list[float] = []
@@ -73,26 +99,26 @@ async def _timed_async(one: Callable[[int], Awaitable[object]], n: int, concurre
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return percentile(lat, 0.5), n / (time.perf_counter() - start)
+    return lat, n / (time.perf_counter() - start)
 
 
-def raw_aio(address: str, n: int, concurrency: int) -> tuple[float, float]:
-    async def go() -> tuple[float, float]:
+def raw_aio(address: str, n: int, concurrency: int, payload: object) -> Lat:
+    async def go() -> Lat:
         async with grpc.aio.insecure_channel(address) as channel:
             echo = channel.unary_unary(ECHO)
 
             async def one(i: int) -> None:
-                json.loads(await echo(json.dumps({"x": i}).encode(), timeout=10))
+                json.loads(await echo(json.dumps({"x": payload}).encode(), timeout=30))
 
             return await _timed_async(one, n, concurrency)
 
     return run_async(go())
 
 
-def rpc_aio(address: str, n: int, concurrency: int) -> tuple[float, float]:
-    async def go() -> tuple[float, float]:
-        async with AsyncRPCClient(_resolver(address), Target(topic="bench"), timeout=10) as client:
-            return await _timed_async(lambda i: client.call({}, "echo", x=i), n, concurrency)
+def rpc_aio(address: str, n: int, concurrency: int, payload: object) -> Lat:
+    async def go() -> Lat:
+        async with AsyncRPCClient(_resolver(address), Target(topic="bench"), timeout=30) as client:
+            return await _timed_async(lambda i: client.call({}, "echo", x=payload), n, concurrency)
 
     return run_async(go())
 
@@ -104,7 +130,7 @@ def raw_oneway(address: str, n: int) -> float:
         async with grpc.aio.insecure_channel(address) as channel:
             sink = channel.stream_unary(SINK)
 
-            async def messages(count: int):  # type: ignore[no-untyped-def]
+            async def messages(count: int) -> AsyncIterator[bytes]:
                 for i in range(count):
                     yield json.dumps({"x": i}).encode()
 
@@ -138,6 +164,13 @@ def rpc_cast(address: str, n: int, in_flight: int = 256) -> float:
     return run_async(go())
 
 
+SYSTEMS = {
+    "raw grpcio sync": raw_sync, "grpcrpc RPCClient": rpc_sync,
+    "raw grpc.aio": raw_aio, "grpcrpc AsyncRPCClient": rpc_aio,
+}
+RAW_OF = {"grpcrpc RPCClient": "raw grpcio sync", "grpcrpc AsyncRPCClient": "raw grpc.aio"}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -145,59 +178,78 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--casts", type=int, default=20000)
     parser.add_argument("--smoke", action="store_true", help="tiny counts: checks it runs")
     args = parser.parse_args(argv)
+    concurrency = (1, 8, 64, 256)
+    payloads = (100, 10_000, 1_000_000)
     if args.smoke:
-        args.reps, args.calls, args.casts = 1, 50, 200
+        args.reps, args.calls, args.casts = 1, 40, 200
+        concurrency, payloads = (1, 8), (100,)
     pin_client()
     busy = busy_fraction()
     if busy > 0.15 and not args.smoke:
         print(f"warning: the machine was {busy:.0%} busy before the run; figures will be noisy")
-    s: dict[str, Series] = {}
-
-    def add(key: str, value: float) -> None:
-        s.setdefault(key, Series()).values.append(value)
-
-    n, c = args.calls, args.casts
+    rate: dict[tuple[str, int], Series] = {}
+    p99: dict[tuple[str, int], Series] = {}
+    p50: dict[tuple[str, int], Series] = {}
+    size_rate: dict[tuple[str, int], Series] = {}
+    size_p50: dict[tuple[str, int], Series] = {}
+    casts: dict[str, Series] = {"raw": Series(), "rpc": Series()}
+    latencies: dict[str, list[float]] = {}
+    n = args.calls
+    small = "x" * 20
     with server_process("raw") as raw, server_process("grpcrpc") as rpc:
         for rep in range(args.reps):
             print(f"repetition {rep + 1}/{args.reps} ...", flush=True)
-            # Interleaved: each pair runs back to back, so drift hits both alike.
-            for key, fn in (("raw", lambda: raw_sync_seq(raw, n)),
-                            ("rpc", lambda: rpc_sync_seq(rpc, n))):
-                p50, rate = fn()
-                add(f"sync_seq_p50_{key}", p50)
-                add(f"sync_seq_rate_{key}", rate)
-            for key, fn in (("raw", lambda: raw_aio(raw, n, 1)), ("rpc", lambda: rpc_aio(rpc, n, 1))):
-                p50, rate = fn()
-                add(f"aio_seq_p50_{key}", p50)
-                add(f"aio_seq_rate_{key}", rate)
-            for key, fn in (("raw", lambda: raw_aio(raw, n * 3, 64)),
-                            ("rpc", lambda: rpc_aio(rpc, n * 3, 64))):
-                _, rate = fn()
-                add(f"aio64_rate_{key}", rate)
-            add("cast_raw", raw_oneway(raw, c))
-            add("cast_rpc", rpc_cast(rpc, c))
+            # Interleaved: each system runs right after its reference, so drift hits both alike.
+            for c in concurrency:
+                for system, fn in SYSTEMS.items():
+                    address = rpc if system.startswith("grpcrpc") else raw
+                    lat, r = fn(address, n if c < 64 else n * 3, c, small)
+                    rate.setdefault((system, c), Series()).values.append(r)
+                    p50.setdefault((system, c), Series()).values.append(percentile(lat, 0.5))
+                    p99.setdefault((system, c), Series()).values.append(percentile(lat, 0.99))
+                    if c == 1:
+                        latencies[system] = lat
+            for size in payloads:
+                body = "x" * size
+                count = max(20, n // 10) if size >= 1_000_000 else n
+                for system in ("raw grpc.aio", "grpcrpc AsyncRPCClient"):
+                    address = rpc if system.startswith("grpcrpc") else raw
+                    lat, r = SYSTEMS[system](address, count, 1, body)
+                    size_rate.setdefault((system, size), Series()).values.append(r)
+                    size_p50.setdefault((system, size), Series()).values.append(percentile(lat, 0.5))
+            casts["raw"].values.append(raw_oneway(raw, args.casts))
+            casts["rpc"].values.append(rpc_cast(rpc, args.casts))
+    rows = []
+    for system in SYSTEMS:
+        ref = RAW_OF.get(system)
+        rows.append(("call sequential: p50", system, p50[(system, 1)], "ms",
+                     p50[(ref, 1)] if ref else None, True))
+    for c in concurrency:
+        for system in SYSTEMS:
+            ref = RAW_OF.get(system)
+            label = "threads" if system in ("raw grpcio sync", "grpcrpc RPCClient") else "in flight"
+            rows.append((f"call x{c} {label}: rate", system, rate[(system, c)], "/s",
+                         rate[(ref, c)] if ref else None, False))
+            rows.append((f"call x{c} {label}: p99", system, p99[(system, c)], "ms",
+                         p99[(ref, c)] if ref else None, True))
+    for size in payloads:
+        for system in ("raw grpc.aio", "grpcrpc AsyncRPCClient"):
+            ref = RAW_OF.get(system)
+            rows.append((f"call {size} B payload: rate", system, size_rate[(system, size)], "/s",
+                         size_rate[(ref, size)] if ref else None, False))
+    rows.append(("cast throughput (consumed)", "raw one-way stream", casts["raw"], "/s", None, False))
+    rows.append(("cast throughput (consumed)", "grpcrpc cast x256", casts["rpc"], "/s", casts["raw"],
+                 False))
     print()
-    print_table([
-        ("call sequential, sync: p50", "raw grpcio unary", s["sync_seq_p50_raw"], "ms", None, True),
-        ("call sequential, sync: p50", "grpcrpc RPCClient", s["sync_seq_p50_rpc"], "ms",
-         s["sync_seq_p50_raw"], True),
-        ("call sequential, sync: rate", "raw grpcio unary", s["sync_seq_rate_raw"], "/s", None, False),
-        ("call sequential, sync: rate", "grpcrpc RPCClient", s["sync_seq_rate_rpc"], "/s",
-         s["sync_seq_rate_raw"], False),
-        ("call sequential, asyncio: p50", "raw grpc.aio unary", s["aio_seq_p50_raw"], "ms", None, True),
-        ("call sequential, asyncio: p50", "grpcrpc AsyncRPCClient", s["aio_seq_p50_rpc"], "ms",
-         s["aio_seq_p50_raw"], True),
-        ("call sequential, asyncio: rate", "raw grpc.aio unary", s["aio_seq_rate_raw"], "/s", None,
-         False),
-        ("call sequential, asyncio: rate", "grpcrpc AsyncRPCClient", s["aio_seq_rate_rpc"], "/s",
-         s["aio_seq_rate_raw"], False),
-        ("call, 64 in flight, asyncio", "raw grpc.aio unary", s["aio64_rate_raw"], "/s", None, False),
-        ("call, 64 in flight, asyncio", "grpcrpc AsyncRPCClient", s["aio64_rate_rpc"], "/s",
-         s["aio64_rate_raw"], False),
-        ("cast throughput (consumed)", "raw one-way stream", s["cast_raw"], "/s", None, False),
-        ("cast throughput (consumed)", "grpcrpc cast x256", s["cast_rpc"], "/s", s["cast_raw"],
-         False),
-    ])
+    print_table(rows)
+    record("core", "table", [{"scenario": sc, "system": sy, "median": se.median, "spread": se.spread,
+                              "values": se.values, "unit": u,
+                              "ratio": se.median / ref.median if ref and ref.median else None}
+                             for sc, sy, se, u, ref, _ in rows])
+    record("core", "sweep", {system: {str(c): {"rate": rate[(system, c)].median,
+                                               "p99": p99[(system, c)].median}
+                                      for c in concurrency} for system in SYSTEMS})
+    record("core", "latencies", latencies)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import time
 import tracemalloc
 from typing import Any
 
+from bench.results import record
 from grpcrpc.discovery.base import Endpoint, RoutingTable
 from grpcrpc.discovery.etcd import EtcdConfig, EtcdRegistry, EtcdResolver, connect
 from grpcrpc.testing.etcd import EtcdServer
@@ -165,9 +166,9 @@ def part_c(registries: int, processes: int, ttl: float, window: float) -> list[R
     per = registries // processes
     with EtcdServer() as etcd:
         workers = [
-            subprocess.Popen([sys.executable, __file__, "--worker", etcd.endpoint, str(per),
-                              str(ttl)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True, cwd=ROOT)
+            subprocess.Popen([sys.executable, "-m", "bench.bench_discovery", "--worker",
+                              etcd.endpoint, str(per), str(ttl)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
             for _ in range(processes)
         ]
         try:
@@ -221,7 +222,7 @@ def worker(etcd: str, count: int, ttl: float) -> None:
         registry.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--endpoints", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
@@ -231,7 +232,11 @@ def main() -> None:
     parser.add_argument("--ttl", type=float, default=10.0)
     parser.add_argument("--window", type=float, default=20.0)
     parser.add_argument("--worker", nargs=3, metavar=("ETCD", "COUNT", "TTL"))
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="tiny counts: checks it runs")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.endpoints, args.runs, args.changes = 200, 1, 5
+        args.registries, args.processes, args.window = 20, 1, 2.0
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), float(args.worker[2]))
         return
@@ -250,6 +255,7 @@ def main() -> None:
     print("  ".join("-" * w for w in width))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, width, strict=True)))
+    record("discovery", "table", [{"what": r[0], "result": r[1], "detail": r[2]} for r in rows])
 
 
 if __name__ == "__main__":

@@ -1,31 +1,44 @@
-"""`make bench` (`python -m bench.run`): every benchmark, one table each.
+"""`make bench` (`python -m bench.run`): every benchmark, one table each, then the results as
+JSON and a PNG in bench/results/.
 
-`--smoke` runs each with tiny counts (the test suite does, to keep them working).
+`--smoke` runs each with tiny counts (the test suite does, to keep them working); smoke results
+are not saved.
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import bench_core, bench_fanout, bench_security, bench_tracing, bench_typed
+from bench import (
+    bench_core,
+    bench_discovery,
+    bench_fanout,
+    bench_security,
+    bench_tracing,
+    bench_typed,
+    results,
+)
+
+SUITE = (
+    ("grpcrpc vs raw grpcio", bench_core.main),
+    ("fanout: client vs broadcasters", bench_fanout.main),
+    ("tracing cost", bench_tracing.main),
+    ("typed (protobuf) vs dict-style calls", bench_typed.main),
+    ("security: TLS, mTLS, token vs plaintext", bench_security.main),
+    ("discovery: etcd tables, watch delay, keepalives", bench_discovery.main),
+)
 
 
 def main() -> None:
     args = sys.argv[1:]
-    print("== grpcrpc vs raw grpcio ==", flush=True)
-    bench_core.main(args)
-    print()
-    print("== fanout: client vs broadcasters ==", flush=True)
-    bench_fanout.main(args)
-    print()
-    print("== tracing cost ==", flush=True)
-    bench_tracing.main(args)
-    print()
-    print("== typed (protobuf) vs dict-style calls ==", flush=True)
-    bench_typed.main(args)
-    print()
-    print("== security: TLS, mTLS, token vs plaintext ==", flush=True)
-    bench_security.main(args)
+    for i, (title, run) in enumerate(SUITE, 1):
+        print(f"\n== [{i}/{len(SUITE)}] {title} ==", flush=True)
+        run(args)
+    if "--smoke" in args:
+        return
+    path = results.save()
+    png = results.plot(path)
+    print(f"\nresults: {path}" + (f"\nplot:    {png}" if png else " (install the bench extra for the plot)"))
 
 
 if __name__ == "__main__":

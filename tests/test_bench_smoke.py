@@ -13,4 +13,5 @@ def test_bench_smoke() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "grpcrpc cast x256" in out.stdout and "vs ref" in out.stdout
     assert "3 broadcasters" in out.stdout and "SDK, 10 % sampled" in out.stdout
+    assert "resolver start" in out.stdout  # the discovery bench
     assert "mtls" in out.stdout and "Traceback" not in out.stdout + out.stderr

@@ -1,0 +1,316 @@
+"""oslo.messaging over RabbitMQ vs over grpc://, side by side: the same oslo-API workload.
+
+Sequential call latency and rate, calls with 32 client threads, casts (counted when the server
+consumed them) from 32 threads, and fanout casts to 5 servers (counted when all 5 consumed
+them). Servers are oslo RPC servers (threading executor) in their own processes pinned to core
+1, with the RabbitMQ broker; the client is pinned to core 0. etcd (grpc://) is idle on the call
+path. Repetitions alternate rabbit/grpc; ratios are grpc:// to rabbit://.
+
+RabbitMQ is Debian's `rabbitmq-server`: when it is missing, a full run installs it with apt-get
+(`--rabbitmq skip` to run grpc:// alone); `--smoke` uses it only if already installed. A broker
+this run started is stopped at the end.
+
+    python -m bench.bench_oslo [--smoke] [--reps N] [--rabbitmq auto|install|skip]
+    python -m bench.bench_oslo serve URL TOPIC SERVER      (a server process, used by the run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import importlib.metadata
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from bench.common import CLIENT_CORE, SERVER_CORE, Series, busy_fraction, percentile, print_table
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
+THREADS = 32
+FANOUT_SERVERS = 5
+
+
+# -- the server processes ---------------------------------------------------------------------
+
+class BenchEndpoint:
+    def __init__(self) -> None:
+        self.consumed = 0
+        self._lock = threading.Lock()
+
+    def echo(self, ctxt: Any, x: Any) -> Any:
+        return x
+
+    def consume(self, ctxt: Any, x: Any) -> None:
+        with self._lock:
+            self.consumed += 1
+
+    def count(self, ctxt: Any) -> int:
+        return self.consumed
+
+
+def serve(url: str, topic: str, name: str) -> None:
+    _pin(SERVER_CORE)
+    # Quiet servers: deprecation notices and per-process warnings would bury the table.
+    warnings.simplefilter("ignore")
+    logging.basicConfig(level=logging.ERROR)
+    import oslo_messaging
+    from oslo_config import cfg
+
+    transport = oslo_messaging.get_rpc_transport(cfg.CONF, url=url)
+    server = oslo_messaging.get_rpc_server(
+        transport, oslo_messaging.Target(topic=topic, server=name), [BenchEndpoint()],
+        executor="threading")
+    server.start()
+    print("READY", flush=True)
+    sys.stdin.read()
+    server.stop()
+    server.wait()
+    transport.cleanup()
+
+
+def _pin(core: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {core})
+
+
+def _entry_point_env() -> dict[str, str]:
+    """The environment for this run's processes. Until pyproject.toml declares the `grpc`
+    driver entry point, a throwaway dist-info declaring it goes on PYTHONPATH (a no-op once
+    the real one is installed)."""
+    paths = [str(ROOT)]
+    if not any(ep.name == "grpc"
+               for ep in importlib.metadata.entry_points(group="oslo.messaging.drivers")):
+        shim = tempfile.mkdtemp(prefix="bench-oslo-ep-")
+        info = pathlib.Path(shim, "grpcrpc_oslo_bench_entry_points-0.dist-info")
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: grpcrpc-oslo-bench\n"
+                                       "Version: 0\n")
+        (info / "entry_points.txt").write_text(
+            "[oslo.messaging.drivers]\ngrpc = grpcrpc.oslo.driver:GrpcDriver\n")
+        sys.path.insert(0, shim)
+        importlib.invalidate_caches()
+        paths.insert(0, shim)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [*paths, *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
+@contextlib.contextmanager
+def servers(env: dict[str, str], url: str, topic: str, names: list[str]) -> Iterator[None]:
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.bench_oslo", "serve", url, topic, n],
+                              cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True) for n in names]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "READY":
+                raise RuntimeError(f"a server for {url} did not start")
+        yield
+    finally:
+        for proc in procs:
+            with contextlib.suppress(BrokenPipeError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# -- RabbitMQ, from Debian --------------------------------------------------------------------
+
+def _rabbit_ping() -> bool:
+    if shutil.which("rabbitmq-diagnostics") is None:
+        return False
+    done = subprocess.run(["rabbitmq-diagnostics", "-q", "ping"], capture_output=True,
+                          timeout=60, check=False)
+    return done.returncode == 0
+
+
+def _install_rabbitmq() -> None:
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    print("installing rabbitmq-server from Debian ...", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "rabbitmq-server"], check=True,
+                   env=env, stdout=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def rabbitmq(mode: str) -> Iterator[bool]:
+    """Yields whether a broker is up; stops it afterwards if this run started it."""
+    if mode == "skip":
+        yield False
+        return
+    if shutil.which("rabbitmq-server") is None:
+        if mode != "install":
+            print("rabbitmq-server is not installed: running grpc:// only", flush=True)
+            yield False
+            return
+        _install_rabbitmq()
+    if _rabbit_ping():  # a broker someone else runs: use it, leave it running
+        yield True
+        return
+    # On the server core, like the RPC servers: the broker is the incumbent's server side.
+    taskset = ["taskset", "-c", str(SERVER_CORE)] if shutil.which("taskset") else []
+    subprocess.run([*taskset, "rabbitmq-server", "-detached"], check=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _rabbit_ping():
+            if time.monotonic() > deadline:
+                raise RuntimeError("RabbitMQ did not answer rabbitmq-diagnostics ping in 60 s")
+            time.sleep(0.5)  # polling with a deadline
+        yield True
+    finally:
+        subprocess.run(["rabbitmqctl", "stop"], capture_output=True, timeout=120, check=False)
+
+
+# -- the workload (the same oslo API calls for both transports) ---------------------------
+
+def sequential(client: Any, n: int) -> tuple[float, float]:
+    for i in range(min(50, n)):
+        client.call({}, "echo", x=i)
+    lat = []
+    start = time.perf_counter()
+    for i in range(n):
+        t = time.perf_counter()
+        client.call({}, "echo", x=i)
+        lat.append(time.perf_counter() - t)
+    return percentile(lat, 0.5), n / (time.perf_counter() - start)
+
+
+def threaded(send: Callable[[int], object], n: int) -> float:
+    counter = iter(range(n))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            send(i)
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        for f in [pool.submit(worker) for _ in range(THREADS)]:
+            f.result()
+    return n / (time.perf_counter() - start)
+
+
+def casts(client: Any, n: int) -> float:
+    before = client.call({}, "count")
+    start = time.perf_counter()
+    threaded(lambda i: client.cast({}, "consume", x=i), n)
+    _wait_count(lambda: client.call({}, "count"), before + n)
+    return n / (time.perf_counter() - start)
+
+
+def fanouts(client: Any, names: list[str], k: int) -> float:
+    directed = [client.prepare(server=name) for name in names]
+    before = [c.call({}, "count") for c in directed]
+    fan = client.prepare(fanout=True)
+    start = time.perf_counter()
+    for i in range(k):
+        fan.cast({}, "consume", x=i)
+    for c, b in zip(directed, before, strict=True):
+        _wait_count(lambda c=c: c.call({}, "count"), b + k)
+    return k / (time.perf_counter() - start)
+
+
+def _wait_count(read: Callable[[], int], target: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while read() < target:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"servers consumed fewer than {target} messages in {timeout}s")
+        time.sleep(0.002)
+
+
+def run_one(url: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, float]:
+    import oslo_messaging
+    from oslo_config import cfg
+
+    topic, fan_topic = f"bench-{uuid.uuid4().hex[:6]}", f"fan-{uuid.uuid4().hex[:6]}"
+    names = [f"f{i}" for i in range(FANOUT_SERVERS)]
+    transport = oslo_messaging.get_rpc_transport(cfg.CONF, url=url)
+    result: dict[str, float] = {}
+    try:
+        client = oslo_messaging.get_rpc_client(
+            transport, oslo_messaging.Target(topic=topic), timeout=60)
+        with servers(env, url, topic, ["s1"]):
+            result["p50"], result["seq"] = sequential(client, args.calls)
+            result["threads"] = threaded(lambda i: client.call({}, "echo", x=i), args.calls * 3)
+            result["casts"] = casts(client, args.casts)
+        fan_client = oslo_messaging.get_rpc_client(
+            transport, oslo_messaging.Target(topic=fan_topic), timeout=60)
+        with servers(env, url, fan_topic, names):
+            result["fanout"] = fanouts(fan_client, names, args.fanouts)
+    finally:
+        transport.cleanup()
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        serve(*argv[1:4])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--casts", type=int, default=5000)
+    parser.add_argument("--fanouts", type=int, default=300)
+    parser.add_argument("--rabbitmq", choices=["auto", "install", "skip"], default="auto",
+                        help="auto: install when missing, except with --smoke")
+    parser.add_argument("--smoke", action="store_true", help="tiny counts: checks it runs")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.reps, args.calls, args.casts, args.fanouts = 1, 30, 100, 5
+    mode = "install" if args.rabbitmq == "auto" and not args.smoke else args.rabbitmq
+    _pin(CLIENT_CORE)
+    busy = busy_fraction()
+    if busy > 0.15 and not args.smoke:
+        print(f"warning: the machine was {busy:.0%} busy before the run; figures will be noisy")
+    env = _entry_point_env()
+    from grpcrpc.testing.etcd import EtcdServer
+
+    s: dict[str, Series] = {}
+    with rabbitmq(mode) as have_rabbit, EtcdServer() as etcd:
+        grpc_url = f"grpc://{etcd.endpoint}/?bind_host=127.0.0.1"
+        systems = ([("rabbit", RABBIT_URL)] if have_rabbit else []) + [("grpc", grpc_url)]
+        for rep in range(args.reps):
+            print(f"repetition {rep + 1}/{args.reps} ...", flush=True)
+            for system, url in systems:  # interleaved, so drift hits both alike
+                for key, value in run_one(url, env, args).items():
+                    s.setdefault(f"{key}_{system}", Series()).values.append(value)
+    print()
+    rows = []
+    for key, scenario, unit in (
+        ("p50", "call sequential: p50", "ms"),
+        ("seq", "call sequential: rate", "/s"),
+        ("threads", f"call, {THREADS} client threads", "/s"),
+        ("casts", f"cast, {THREADS} threads (consumed)", "/s"),
+        ("fanout", f"fanout to {FANOUT_SERVERS} servers (all consumed)", "/s"),
+    ):
+        ref = s.get(f"{key}_rabbit")
+        if ref is not None:
+            rows.append((scenario, "oslo rabbit://", ref, unit, None, unit == "ms"))
+        rows.append((scenario, "oslo grpc://", s[f"{key}_grpc"], unit, ref, unit == "ms"))
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
