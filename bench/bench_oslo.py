@@ -24,6 +24,7 @@ import logging
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -164,18 +165,33 @@ def rabbitmq(mode: str) -> Iterator[bool]:
     if _rabbit_ping():  # a broker someone else runs: use it, leave it running
         yield True
         return
+    had_epmd = _epmd_running()
     # On the server core, like the RPC servers: the broker is the incumbent's server side.
     taskset = ["taskset", "-c", str(SERVER_CORE)] if shutil.which("taskset") else []
     subprocess.run([*taskset, "rabbitmq-server", "-detached"], check=True)
     try:
         deadline = time.monotonic() + 60
-        while not _rabbit_ping():
+        # The node answers ping a moment before its AMQP listener accepts connections.
+        while not (_rabbit_ping() and _port_open(5672)):
             if time.monotonic() > deadline:
-                raise RuntimeError("RabbitMQ did not answer rabbitmq-diagnostics ping in 60 s")
+                raise RuntimeError("RabbitMQ did not come up (ping and port 5672) in 60 s")
             time.sleep(0.5)  # polling with a deadline
         yield True
     finally:
         subprocess.run(["rabbitmqctl", "stop"], capture_output=True, timeout=120, check=False)
+        if not had_epmd:  # the Erlang port mapper the broker started
+            subprocess.run(["epmd", "-kill"], capture_output=True, timeout=30, check=False)
+
+
+def _epmd_running() -> bool:
+    return subprocess.run(["pgrep", "-x", "epmd"], capture_output=True,
+                          check=False).returncode == 0
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 # -- the workload (the same oslo API calls for both transports) ---------------------------

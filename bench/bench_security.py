@@ -14,10 +14,9 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
 
-from bench.common import SERVER_CORE, Series, percentile, pin_client, print_table, run_async
+from bench.common import SERVER_CORE, Series, call_profile, pin_client, print_table, run_async
 
 MODES = ("plaintext", "tls", "mtls", "token")
 TOKEN = "bench-token-0123456789abcdef"
@@ -80,24 +79,8 @@ def measure(mode: str, address: str, certs: str, n: int) -> tuple[float, float, 
     async def go() -> tuple[float, float, float]:
         resolver = StaticResolver([Endpoint(address, "bench", "b", tls=tls is not None)])
         async with AsyncRPCClient(resolver, Target(topic="bench"), timeout=10, options=opts) as c:
-            for i in range(200):
-                await c.call({}, "echo", x=i)
-            lat = []
-            start = time.perf_counter()
-            for i in range(n):
-                t = time.perf_counter()
-                await c.call({}, "echo", x=i)
-                lat.append(time.perf_counter() - t)
-            seq = n / (time.perf_counter() - start)
-            it = iter(range(n * 3))
-
-            async def worker() -> None:
-                for i in it:
-                    await c.call({}, "echo", x=i)
-
-            start = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(64)))
-            return percentile(lat, 0.5), seq, n * 3 / (time.perf_counter() - start)
+            r = await call_profile(lambda i: c.call({}, "echo", x=i), n)
+        return r["p50"], r["seq"], r["c64"]
 
     return run_async(go())
 

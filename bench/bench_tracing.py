@@ -14,10 +14,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import Any
 
-from bench.common import CLIENT_CORE, SERVER_CORE, Series, percentile, print_table
+from bench.common import CLIENT_CORE, SERVER_CORE, Series, call_profile, print_table
 
 MODES = ("off", "sdk100", "sdk10")
 
@@ -67,25 +66,7 @@ def client(mode: str, address: str, n: int) -> None:
     async def main() -> dict[str, float]:
         resolver = StaticResolver([Endpoint(address, "bench", "b")])
         async with AsyncRPCClient(resolver, Target(topic="bench"), timeout=10) as c:
-            for i in range(200):
-                await c.call({}, "echo", x=i)
-            lat = []
-            start = time.perf_counter()
-            for i in range(n):
-                t = time.perf_counter()
-                await c.call({}, "echo", x=i)
-                lat.append(time.perf_counter() - t)
-            seq_rate = n / (time.perf_counter() - start)
-            counter = iter(range(n * 3))
-
-            async def worker() -> None:
-                for i in counter:
-                    await c.call({}, "echo", x=i)
-
-            start = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(64)))
-            conc_rate = n * 3 / (time.perf_counter() - start)
-        return {"p50": percentile(lat, 0.5), "seq": seq_rate, "c64": conc_rate}
+            return await call_profile(lambda i: c.call({}, "echo", x=i), n)
 
     print(json.dumps(asyncio.run(main())), flush=True)
 

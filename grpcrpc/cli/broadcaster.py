@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import socket
 
 from grpcrpc.cli import CommandError
-from grpcrpc.cli._common import add_config_args, load_config, resolver
+from grpcrpc.cli._common import add_config_args, load_config, resolver, until_signalled
 from grpcrpc.exceptions import GrpcrpcError
 
 
@@ -36,11 +35,7 @@ async def _run(args: argparse.Namespace) -> None:
                                                split_threshold=args.split_threshold))
     await b.start()
     print(f"broadcaster {args.name} for az {cfg.az} at {b.address}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     await b.stop()
     registry.close()
     res.close()

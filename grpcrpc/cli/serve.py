@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import socket
 from typing import Any
 
 from grpcrpc.cli import CommandError
-from grpcrpc.cli._common import add_config_args, load_config
+from grpcrpc.cli._common import add_config_args, load_config, until_signalled
 from grpcrpc.exceptions import GrpcrpcError
 
 
@@ -55,11 +54,7 @@ async def _serve(args: argparse.Namespace) -> None:
                        **cfg.server_args())
     await server.start()
     print(f"serving {args.topic} as {args.server} at {server.address}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     await server.stop()
     registry.close()
 
