@@ -29,7 +29,6 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import grpc.aio
@@ -299,15 +298,3 @@ class Broadcaster:
         return await self._transport.fanout(share, msg_id, data, timeout, what,
                                             parallelism=self.options.parallelism)
 
-
-def run_forever(broadcaster: Broadcaster) -> Any:
-    """Run a broadcaster until interrupted (the `grpcrpc broadcaster` command)."""
-    async def main() -> None:
-        await broadcaster.start()
-        print(f"broadcaster {broadcaster.name} serving at {broadcaster.address}", flush=True)
-        try:
-            await broadcaster.wait()
-        finally:
-            await broadcaster.stop()
-
-    return asyncio.run(main())
