@@ -159,7 +159,7 @@ class _ClientBase:
 
     def _envelope(
         self, ctxt: Any, method: str, args: ev.Payload, *, cast: bool, msg_id: str,
-        exchange: str, headers: dict[str, str],
+        exchange: str, headers: dict[str, str], own_az: str = "",
     ) -> bytes:
         if not method or not isinstance(method, str):
             raise ValueError("method must be a non-empty string")
@@ -182,6 +182,8 @@ class _ClientBase:
             headers=headers,
             timeout_ms=0 if self.timeout is None else int(self.timeout * 1000),
             exchange=exchange,
+            # A fanout names its AZ, so whichever broadcaster takes it delivers in that AZ.
+            az=own_az if self.target.fanout else "",
         )
         return env.SerializeToString()
 
@@ -308,7 +310,7 @@ class RPCClient(_ClientBase):
                    headers: dict[str, str]) -> FanoutReport | None:
         t = self.transport
         data = self._envelope(ctxt, method, args, cast=True, msg_id=msg_id,
-                              exchange=t.options.exchange, headers=headers)
+                              exchange=t.options.exchange, headers=headers, own_az=t.options.az)
         if self.target.fanout:
             what = self._what(method)
             if t.options.use_broadcaster:
@@ -405,7 +407,7 @@ class AsyncRPCClient(_ClientBase):
                          headers: dict[str, str]) -> FanoutReport | None:
         t = self.transport
         data = self._envelope(ctxt, method, args, cast=True, msg_id=msg_id,
-                              exchange=t.options.exchange, headers=headers)
+                              exchange=t.options.exchange, headers=headers, own_az=t.options.az)
         if self.target.fanout:
             what = self._what(method)
             if t.options.use_broadcaster:

@@ -19,6 +19,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from grpcrpc import tracing
 from grpcrpc.credentials import ServerTLS
 from grpcrpc.discovery.base import Endpoint, Registry
 from grpcrpc.exceptions import ServerError
@@ -101,6 +102,9 @@ class ServiceHost:
         self._server = server
         self.endpoint = make_endpoint(self.advertise_host or self._default_advertise_host(), port)
         self._accepting = True
+        tracing.track_server(self, {"rpc.service": self.endpoint.topic,
+                                    "grpcrpc.server": self.endpoint.server,
+                                    "grpcrpc.az": self.endpoint.az})
         if self.registry is not None:
             self._remove_listener = self.registry.add_listener(self._on_registration)
             try:
@@ -144,6 +148,10 @@ class ServiceHost:
             return socket.gethostbyname(socket.gethostname())
         except OSError:
             return socket.getfqdn()
+
+    def serving(self) -> bool:
+        """Registered (if it has a registry) and accepting work."""
+        return self._serving()
 
     def _serving(self) -> bool:
         registered = self.registry.registered if self.registry is not None else True

@@ -309,6 +309,8 @@ class EnvelopeServicer:
 
     def _overloaded(self, env: ev.Envelope, what: str) -> ev.Reply:
         log.warning("overloaded: %s full, refusing %s.%s", what, env.target.topic, env.method)
+        if env.cast:
+            tracing.record_cast(self.identity.topic, accepted=False)
         return ev.reply_failure(env.id, ev.ErrorCode.OVERLOADED, f"server overloaded ({what} full)")
 
     # -- running --------------------------------------------------------------------------
@@ -327,6 +329,7 @@ class EnvelopeServicer:
             )
             self._casts.add(task)
             task.add_done_callback(self._casts.discard)
+            tracing.record_cast(self.identity.topic, accepted=True)
             return ev.Reply(id=env.id, accepted=True)
         me = self.identity
         with tracing.server_span(env.headers, me.topic, env.method, env.id, cast=False,

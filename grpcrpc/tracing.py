@@ -18,12 +18,14 @@ nothing when off.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
 
 __all__ = [
@@ -34,9 +36,13 @@ __all__ = [
     "enabled",
     "inject",
     "mark_failed",
+    "metrics_enabled",
     "metrics_instruments",
+    "record_cast",
     "record_fanout",
     "server_span",
+    "track_resolver",
+    "track_server",
 ]
 
 _tracer = trace.get_tracer("grpcrpc")
@@ -60,10 +66,54 @@ class _Instruments:
             "grpcrpc.server.casts", description="Casts accepted or rejected by servers")
         self.fanout_deliveries = m.create_counter(
             "grpcrpc.fanout.deliveries", description="Fanout deliveries, by outcome")
-        self.endpoints = m.create_up_down_counter(
-            "grpcrpc.endpoints", description="Endpoints known to resolvers, by topic")
-        self.registered = m.create_up_down_counter(
-            "grpcrpc.registered", description="1 while a server's registration is live")
+        # Read when the SDK collects, from the resolvers and servers alive in this process.
+        self.endpoints = m.create_observable_gauge(
+            "grpcrpc.endpoints", callbacks=[_observe_endpoints],
+            description="Endpoints known to this process's resolvers, by AZ and topic")
+        self.registered = m.create_observable_gauge(
+            "grpcrpc.registered", callbacks=[_observe_registration],
+            description="1 while a server is registered and accepting, else 0")
+
+
+_resolvers: weakref.WeakSet[Any] = weakref.WeakSet()
+_servers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def track_resolver(resolver: Any) -> None:
+    """Count this resolver's table in the `grpcrpc.endpoints` gauge while it lives."""
+    _resolvers.add(resolver)
+
+
+def track_server(host: Any, attributes: dict[str, str]) -> None:
+    """Report this server in the `grpcrpc.registered` gauge while it lives (`host.serving()`)."""
+    host.metric_attributes = attributes
+    _servers.add(host)
+
+
+def _observe_endpoints(options: CallbackOptions) -> Iterator[Observation]:
+    counts: dict[tuple[str, str], int] = {}
+    for resolver in list(_resolvers):
+        for ep in resolver.table.endpoints:
+            counts[(ep.az, ep.topic)] = counts.get((ep.az, ep.topic), 0) + 1
+    for (az, topic), n in counts.items():
+        yield Observation(n, {"grpcrpc.az": az, "rpc.service": topic})
+
+
+def _observe_registration(options: CallbackOptions) -> Iterator[Observation]:
+    for host in list(_servers):
+        yield Observation(1 if host.serving() else 0, getattr(host, "metric_attributes", {}))
+
+
+def record_cast(topic: str, accepted: bool) -> None:
+    if metrics_enabled():
+        metrics_instruments.casts.add(
+            1, {"rpc.service": topic, "outcome": "accepted" if accepted else "rejected"})
+
+
+def metrics_enabled() -> bool:
+    """Whether a real (SDK) meter provider is installed."""
+    return type(metrics.get_meter_provider()).__name__ not in ("_ProxyMeterProvider",
+                                                               "NoOpMeterProvider")
 
 
 metrics_instruments = _Instruments()
@@ -115,25 +165,32 @@ def client_span(kind: str, topic: str, method: str, msg_id: str = "", *, server:
     the exception type.
     """
     headers: dict[str, str] = {}
-    if not enabled():
+    tracing_on, metrics_on = enabled(), metrics_enabled()
+    if not tracing_on and not metrics_on:
         propagate.inject(headers)  # pass on a context we are running in, if any
         yield headers
         return
-    span_kind = SpanKind.CLIENT if kind == "call" else SpanKind.PRODUCER
-    attrs = _attributes(topic, method, msg_id, operation="send" if kind != "call" else "call",
-                        server=server, az=az, version=version)
-    attrs["grpcrpc.kind"] = kind
     start = time.perf_counter()
-    with _tracer.start_as_current_span(f"{topic}/{method} {kind}", kind=span_kind,
-                                       attributes=attrs, record_exception=False,
-                                       set_status_on_exception=False) as span:
-        propagate.inject(headers)
-        try:
+    try:
+        if not tracing_on:
+            propagate.inject(headers)
             yield headers
-        except BaseException as error:
-            _fail(span, error)
-            raise
-        finally:
+            return
+        span_kind = SpanKind.CLIENT if kind == "call" else SpanKind.PRODUCER
+        attrs = _attributes(topic, method, msg_id, operation="call" if kind == "call" else "send",
+                            server=server, az=az, version=version)
+        attrs["grpcrpc.kind"] = kind
+        with _tracer.start_as_current_span(f"{topic}/{method} {kind}", kind=span_kind,
+                                           attributes=attrs, record_exception=False,
+                                           set_status_on_exception=False) as span:
+            propagate.inject(headers)
+            try:
+                yield headers
+            except BaseException as error:
+                _fail(span, error)
+                raise
+    finally:
+        if metrics_on:
             metrics_instruments.call_duration.record(
                 time.perf_counter() - start, {"rpc.service": topic, "grpcrpc.kind": kind})
 
@@ -149,15 +206,17 @@ def server_span(headers: Mapping[str, str], topic: str, method: str, msg_id: str
     """
     parent = propagate.extract(headers) if headers else None
     token = otel_context.attach(parent) if parent is not None else None
+    tracing_on, metrics_on = enabled(), metrics_enabled()
+    start = time.perf_counter()
+    if metrics_on:
+        metrics_instruments.in_flight.add(1, {"rpc.service": topic})
     try:
-        if not enabled():
+        if not tracing_on:
             yield None
             return
         kind = SpanKind.CONSUMER if cast else SpanKind.SERVER
         attrs = _attributes(topic, method, msg_id, operation="process", server=server, az=az)
         attrs["grpcrpc.kind"] = "fanout" if fanout else ("cast" if cast else "call")
-        start = time.perf_counter()
-        metrics_instruments.in_flight.add(1, {"rpc.service": topic})
         with _tracer.start_as_current_span(f"{topic}/{method} process", kind=kind,
                                            attributes=attrs, record_exception=False,
                                            set_status_on_exception=False) as span:
@@ -166,11 +225,11 @@ def server_span(headers: Mapping[str, str], topic: str, method: str, msg_id: str
             except BaseException as error:
                 _fail(span, error)
                 raise
-            finally:
-                metrics_instruments.in_flight.add(-1, {"rpc.service": topic})
-                metrics_instruments.server_duration.record(
-                    time.perf_counter() - start, {"rpc.service": topic})
     finally:
+        if metrics_on:
+            metrics_instruments.in_flight.add(-1, {"rpc.service": topic})
+            metrics_instruments.server_duration.record(time.perf_counter() - start,
+                                                       {"rpc.service": topic})
         if token is not None:
             otel_context.detach(token)
 
@@ -212,7 +271,7 @@ def record_fanout(span: trace.Span | None, targets: int, failed: int, topic: str
         span.set_attribute("grpcrpc.fanout.failed", failed)
         if failed:
             span.set_status(Status(StatusCode.ERROR, f"{failed} of {targets} deliveries failed"))
-    if enabled():
+    if metrics_enabled():
         metrics_instruments.fanout_deliveries.add(targets - failed,
                                                   {"rpc.service": topic, "outcome": "delivered"})
         if failed:

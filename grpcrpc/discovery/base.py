@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from grpcrpc import tracing
+
 __all__ = [
     "DEFAULT_AZ",
     "DEFAULT_EXCHANGE",
@@ -230,6 +232,7 @@ class Resolver(abc.ABC):  # noqa: B024 - subclasses override what they need
         self._table = EMPTY_TABLE
         self._listeners: list[Callable[[RoutingTable], None]] = []
         self._changed = threading.Condition()
+        tracing.track_resolver(self)
 
     @property
     def table(self) -> RoutingTable:

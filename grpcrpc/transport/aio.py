@@ -303,7 +303,7 @@ class AsyncTransport(TransportBase):
         """
         request = fanout_request(data)
         check_size(request, self.options, what)
-        attempts = Attempts(self, broadcaster_target(target), timeout)
+        attempts = Attempts(self, broadcaster_target(target, self.options.az), timeout)
         while True:
             endpoint = attempts.next_endpoint()
             try:
@@ -356,7 +356,10 @@ class AsyncTransport(TransportBase):
             except TimeoutError:
                 stream.forget(msg_id)
                 return fanout.Failed(address, endpoint.server, "timed out")
-            except (NotSent, DeliveryError, grpc.RpcError) as err:
+            except NotSent as err:  # it could not be reached: skip it in picks for a while too
+                self.balancer.ejections.eject(address)
+                return fanout.Failed(address, endpoint.server, f"unreachable, not sent: {err}")
+            except (DeliveryError, grpc.RpcError) as err:
                 return fanout.Failed(address, endpoint.server, f"{type(err).__name__}: {err}")
             finally:
                 self._done(address)

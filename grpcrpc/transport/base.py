@@ -195,9 +195,10 @@ class TransportBase:
             self.resolver.close()
 
 
-def broadcaster_target(target: Target) -> Target:
-    """Where the broadcasters for a fanout to `target` are: the same AZ."""
-    return Target(topic=BROADCASTER_TOPIC, exchange=BROADCASTER_EXCHANGE, az=target.az)
+def broadcaster_target(target: Target, own_az: str) -> Target:
+    """Where the broadcasters for a fanout to `target` are: the target's AZ, else the client's
+    own — never a fallback AZ, since a fanout does not leave its AZ unless told to."""
+    return Target(topic=BROADCASTER_TOPIC, exchange=BROADCASTER_EXCHANGE, az=target.az or own_az)
 
 
 def fanout_request(envelope: bytes, targets: Sequence[Endpoint] = (), depth: int = 0) -> bytes:

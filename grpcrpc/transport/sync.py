@@ -133,7 +133,7 @@ class SyncTransport(TransportBase):
         """
         request = fanout_request(data)
         check_size(request, self.options, what)
-        attempts = Attempts(self, broadcaster_target(target), timeout)
+        attempts = Attempts(self, broadcaster_target(target, self.options.az), timeout)
         endpoint, raw = self._send(attempts, "fanout", request, what)
         attempts.succeeded(endpoint)
         return parse_report(raw)
@@ -176,7 +176,11 @@ class SyncTransport(TransportBase):
             try:
                 reply = ev.parse_reply(future.result())
             except grpc.RpcError as err:
-                error = str(map_rpc_error(err, endpoint.address))
+                if never_sent(err):
+                    self.balancer.ejections.eject(endpoint.address)
+                    error = f"unreachable, not sent: {err.details()}"
+                else:
+                    error = str(map_rpc_error(err, endpoint.address))
             except Exception as err:  # InvalidEnvelope, a cancelled future
                 error = f"{type(err).__name__}: {err}"
             finally:

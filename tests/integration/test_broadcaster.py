@@ -204,3 +204,19 @@ async def test_bad_input_to_the_broadcaster() -> None:
             await client.transport.broadcast(Target(topic="x"), env.SerializeToString(), 5, "t")
         await client.close()
         assert b.fanouts == 0
+
+
+async def test_fanout_never_falls_back_to_another_azs_broadcaster() -> None:
+    """With its own AZ's broadcaster down, a client with fallback AZs fans out itself in its AZ;
+    it never hands the fanout to another AZ's broadcaster."""
+    d = MemoryDiscovery()
+    async with servers(d, 2, az="az1", prefix="a") as seen1, \
+            servers(d, 3, az="az2", prefix="b") as seen2, \
+            broadcasters(d, 1, az="az1") as [b1], broadcasters(d, 1, az="az2") as [b2]:
+        await b1.stop()  # az1 has no broadcaster registered at all
+        opts = TransportOptions(az="az1", fallback_azs=("az2",))
+        async with AsyncRPCClient(d, Target(topic="compute", fanout=True), options=opts) as c:
+            report = await c.cast({}, "update", n=1)
+        assert report is not None and report.targets == 2
+        await until(lambda: len(seen1) == 2)
+        assert not seen2 and b2.fanouts == 0

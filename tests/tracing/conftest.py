@@ -4,6 +4,7 @@ memory; each test sees only its own spans."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -37,3 +38,20 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 def by_name(finished: tuple[ReadableSpan, ...], fragment: str) -> list[ReadableSpan]:
     return [s for s in finished if fragment in s.name]
+
+
+_reader = None
+
+
+@pytest.fixture
+def metric_reader() -> Any:
+    """An in-memory metric reader on the process's meter provider (set once)."""
+    global _reader
+    if _reader is None:
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        _reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[_reader]))
+    return _reader
