@@ -63,4 +63,9 @@ def map_rpc_error(error: grpc.RpcError, what: str) -> exc.GrpcrpcError:
         return exc.InvalidEnvelope(f"{what}: the peer is not a grpcrpc server ({details})")
     if never_sent(error):
         return exc.NoEndpoints(f"{what}: cannot connect ({details})")
+    if "error code 7" in details:
+        # HTTP/2 REFUSED_STREAM: over the server's concurrent-stream limit, and guaranteed not
+        # processed — the server was too busy to take it, which is what Overloaded says.
+        return exc.Overloaded(f"{what}: the server refused the stream (too many in flight on "
+                              f"this connection)")
     return exc.DeliveryError(f"{what}: {code.name if code else 'UNKNOWN'}: {details}")

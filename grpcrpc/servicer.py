@@ -63,8 +63,9 @@ class Limits:
     # Envelopes one connection may have admitted at once (all its streams and unary calls):
     # one peer at its limit gets OVERLOADED, and the rest of the server stays for the others.
     per_connection: int = 256
-    # HTTP/2 streams one connection may open at once.
-    streams_per_connection: int = 100
+    # HTTP/2 streams one connection may open at once (a blocking client's unary calls are one
+    # stream each, so this bounds its threads' calls in flight per connection).
+    streams_per_connection: int = 1000
     max_message_size: int = 4 * 1024 * 1024
 
     @property

@@ -112,7 +112,9 @@ def channel_options(opts: TransportOptions) -> list[tuple[str, Any]]:
         # Reconnect quickly after a server restart; our own ejection spaces out retries.
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 5_000),
-        ("grpc.enable_retries", 0),
+        # gRPC's retries stay on for their transparent part only (no retry policy is set): a
+        # stream the server refused (REFUSED_STREAM, over its concurrent-stream limit) or that
+        # never reached the wire is resent by gRPC itself, which cannot deliver anything twice.
         # A transport owns its connections: gRPC would otherwise share one TCP connection
         # among all channels of the process to an address, so closing a transport would not
         # close it, and per-connection limits on servers would lump unrelated clients together.

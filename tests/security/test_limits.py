@@ -82,3 +82,37 @@ async def test_stream_in_flight_bound() -> None:
             assert results.count("ok") == 4
     finally:
         await server.stop()
+
+
+def test_streams_over_the_connection_limit_are_overloaded_never_lost() -> None:
+    """More concurrent unary calls on one connection than the server's stream limit: each
+    either succeeds or gets Overloaded (never processed), nothing in doubt."""
+    class Echo:
+        def echo(self, ctxt: Any, x: int) -> int:
+            return x
+
+    with Cluster() as cluster:
+        cluster.serve(Target(topic="svc", server="s"), [Echo()],
+                      limits=Limits(threads=8, queue=1000, per_connection=2000,
+                                    streams_per_connection=20))
+        client = cluster.client(Target(topic="svc"), timeout=30)
+        outcomes: list[object] = []
+        lock = threading.Lock()
+
+        def work() -> None:
+            for i in range(10):
+                try:
+                    result: object = client.call({}, "echo", x=i)
+                except grpcrpc.GrpcrpcError as err:
+                    result = err
+                with lock:
+                    outcomes.append(result)
+
+        threads = [threading.Thread(target=work) for _ in range(100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        errors = [o for o in outcomes if isinstance(o, Exception)]
+        assert len(outcomes) == 1000
+        assert all(isinstance(e, grpcrpc.Overloaded) for e in errors), errors[:3]
