@@ -37,7 +37,13 @@ def main() -> None:
         print(f"\n== [{i}/{len(SUITE)}] {title} ==", flush=True)
         # A smoke run never starts a broker: RabbitMQ is for the real comparison only.
         extra = ["--rabbitmq", "skip"] if run is bench_oslo.main and "--smoke" in args else []
-        run([*args, *extra])
+        try:
+            run([*args, *extra])
+        except Exception as exc:  # one broken benchmark must not lose the others' results
+            if "--smoke" in args:
+                raise
+            print(f"!! {title} failed: {type(exc).__name__}: {exc}", flush=True)
+            results.record("failed", title, f"{type(exc).__name__}: {exc}")
     if "--smoke" in args:
         return
     path = results.save()

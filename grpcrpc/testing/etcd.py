@@ -305,7 +305,7 @@ class EtcdServer:
 
     def metrics(self) -> str:
         """The Prometheus text of `/metrics` (lease renewals, gRPC counters, ...)."""
-        return self._get("/metrics", 5.0).decode()
+        return self._get("/metrics", 30.0).decode()  # a busy etcd is slow to render it
 
     def log_tail(self, lines: int = 30) -> str:
         try:
