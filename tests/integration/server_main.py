@@ -13,13 +13,13 @@ from grpcrpc import RPCServer, Target
 class Endpoints:
     def hang(self, ctxt: dict[str, object]) -> None:
         print("IN-CALL", flush=True)
-        import time
+        import threading
 
-        time.sleep(600)
+        threading.Event().wait(600)  # hangs until the test kills this process
 
     async def ahang(self, ctxt: dict[str, object]) -> None:
         print("IN-CALL", flush=True)
-        await asyncio.sleep(600)
+        await asyncio.Event().wait()  # hangs until the test kills this process
 
     def echo(self, ctxt: dict[str, object], value: object) -> object:
         return value
