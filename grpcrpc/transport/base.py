@@ -138,7 +138,9 @@ class TransportBase:
 
     # -- routing --------------------------------------------------------------------------
 
-    def candidates(self, target: Target) -> tuple[Endpoint, ...]:
+    def candidates(self, target: Target, *, fallback: bool = True) -> tuple[Endpoint, ...]:
+        """The endpoints `target` may go to: its AZ, else this client's, then (with `fallback`)
+        the configured fallback AZs."""
         if not target.topic:
             raise NoEndpoints("the target has no topic")
         o = self.options
@@ -148,7 +150,7 @@ class TransportBase:
             own_az=o.az,
             server=target.server,
             az=target.az,
-            fallback_azs=o.fallback_azs,
+            fallback_azs=o.fallback_azs if fallback else (),
         )
 
     def choose(self, target: Target, tried: frozenset[str], last: str = "") -> Endpoint:
@@ -167,13 +169,7 @@ class TransportBase:
     def fanout_targets(self, target: Target) -> Sequence[Endpoint]:
         """Every endpoint of the topic in the target's AZ (else this client's), for a client-side
         fanout. Fallback AZs do not apply: a fanout never leaves the AZ unless told to."""
-        if not target.topic:
-            raise NoEndpoints("the target has no topic")
-        o = self.options
-        return self.resolver.table.candidates(
-            topic=target.topic, exchange=target.exchange or o.exchange, own_az=o.az, az=target.az
-        )
-
+        return self.candidates(target.replace(server=None), fallback=False)
 
     # -- connection lifecycle -------------------------------------------------------------
 
