@@ -17,15 +17,21 @@ nothing when off.
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
-from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
+from opentelemetry.environment_variables import (
+    OTEL_PYTHON_METER_PROVIDER,
+    OTEL_PYTHON_TRACER_PROVIDER,
+)
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
 
 __all__ = [
@@ -45,7 +51,6 @@ __all__ = [
     "track_server",
 ]
 
-_tracer = trace.get_tracer("grpcrpc")
 _meter = metrics.get_meter("grpcrpc")
 
 SYSTEM = "grpcrpc"
@@ -110,23 +115,56 @@ def record_cast(topic: str, accepted: bool) -> None:
             1, {"rpc.service": topic, "outcome": "accepted" if accepted else "rejected"})
 
 
+# Until a provider is set, OpenTelemetry's getters look for one named in os.environ on every call
+# (a KeyError raised and caught, twice per envelope on each side). Both API modules keep the
+# provider in a module global, None until set: grpcrpc reads that first, and asks the public
+# getter only when it is set (or when a provider is named in the environment).
+_PROVIDERS_FROM_ENV = any(v in os.environ for v in (OTEL_PYTHON_TRACER_PROVIDER,
+                                                    OTEL_PYTHON_METER_PROVIDER))
+
+
+def _unset(module: Any, name: str) -> bool:
+    return not _PROVIDERS_FROM_ENV and getattr(module, name, False) is None
+
+
 def metrics_enabled() -> bool:
     """Whether a real (SDK) meter provider is installed."""
-    return type(metrics.get_meter_provider()).__name__ not in ("_ProxyMeterProvider",
-                                                               "NoOpMeterProvider")
+    global _metrics_on
+    if not _metrics_on:
+        if _unset(_metrics_api, "_METER_PROVIDER"):
+            return False
+        # OpenTelemetry's global providers are set once per process: a yes is final.
+        _metrics_on = type(metrics.get_meter_provider()).__name__ not in (
+            "_ProxyMeterProvider", "NoOpMeterProvider")
+    return _metrics_on
 
 
+_metrics_on = False
+_sdk_tracer: trace.Tracer | None = None
 metrics_instruments = _Instruments()
+
+
+def _tracer() -> trace.Tracer | None:
+    """The SDK's tracer once a real provider is installed, else None."""
+    global _sdk_tracer
+    if _sdk_tracer is None:
+        if _unset(trace, "_TRACER_PROVIDER"):
+            return None
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider)):
+            _sdk_tracer = provider.get_tracer("grpcrpc")
+    return _sdk_tracer
 
 
 def enabled() -> bool:
     """Whether a real (SDK) tracer provider is installed."""
-    return not isinstance(trace.get_tracer_provider(), (ProxyTracerProvider, NoOpTracerProvider))
+    return _tracer() is not None
 
 
 def inject(headers: MutableMapping[str, str]) -> None:
     """Put the current trace context (and baggage) into outgoing envelope headers."""
-    propagate.inject(headers)
+    if otel_context.get_current():  # an empty context has nothing to propagate
+        propagate.inject(headers)
 
 
 def _attributes(topic: str, method: str, msg_id: str, *, operation: str, server: str = "",
@@ -156,33 +194,77 @@ def _fail(span: trace.Span, error: BaseException) -> None:
     span.record_exception(error)
 
 
-@contextmanager
+class _Untraced:
+    """The context manager of an envelope with nothing to record (no SDK, no meter provider):
+    it only passes on a trace context the caller runs in. A class, not a generator: this is
+    every call's path when tracing is off."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        inject(headers)
+        return headers
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+class _NoServerSpan:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_UNTRACED = _Untraced()
+_NO_SERVER_SPAN = _NoServerSpan()
+
+
 def client_span(kind: str, topic: str, method: str, msg_id: str = "", *, server: str = "",
-                az: str = "", version: str = "") -> Iterator[dict[str, str]]:
+                az: str = "", version: str = ""
+                ) -> AbstractContextManager[dict[str, str]]:
     """Around one call, cast or fanout; yields the headers to put in its envelope.
 
     `kind` is "call", "cast" or "fanout". A failure marks the span with an error status and
     the exception type.
     """
+    tracer, metrics_on = _tracer(), metrics_enabled()
+    if tracer is None and not metrics_on:
+        return _UNTRACED
+    return _client_span(tracer, metrics_on, kind, topic, method, msg_id, server, az, version)
+
+
+def _recording(span: trace.Span, attrs: Callable[[], dict[str, Any]]) -> None:
+    # Attributes are built only for spans the sampler keeps: an unsampled envelope costs no
+    # more than its context. (grpcrpc's samplers of choice, ratio and parent-based, decide on
+    # the trace id alone; a sampler that reads attributes sees none at start.)
+    if span.is_recording():
+        span.set_attributes(attrs())
+
+
+@contextmanager
+def _client_span(tracer: trace.Tracer | None, metrics_on: bool, kind: str, topic: str,
+                 method: str, msg_id: str, server: str, az: str, version: str
+                 ) -> Iterator[dict[str, str]]:
     headers: dict[str, str] = {}
-    tracing_on, metrics_on = enabled(), metrics_enabled()
-    if not tracing_on and not metrics_on:
-        propagate.inject(headers)  # pass on a context we are running in, if any
-        yield headers
-        return
     start = time.perf_counter()
     try:
-        if not tracing_on:
-            propagate.inject(headers)
+        if tracer is None:
+            inject(headers)
             yield headers
             return
         span_kind = SpanKind.CLIENT if kind == "call" else SpanKind.PRODUCER
-        attrs = _attributes(topic, method, msg_id, operation="call" if kind == "call" else "send",
-                            server=server, az=az, version=version)
-        attrs["grpcrpc.kind"] = kind
-        with _tracer.start_as_current_span(f"{topic}/{method} {kind}", kind=span_kind,
-                                           attributes=attrs, record_exception=False,
-                                           set_status_on_exception=False) as span:
+        with tracer.start_as_current_span(f"{topic}/{method} {kind}", kind=span_kind,
+                                          record_exception=False,
+                                          set_status_on_exception=False) as span:
+            _recording(span, lambda: {
+                **_attributes(topic, method, msg_id, operation="call" if kind == "call" else "send",
+                              server=server, az=az, version=version),
+                "grpcrpc.kind": kind})
             propagate.inject(headers)
             try:
                 yield headers
@@ -195,31 +277,41 @@ def client_span(kind: str, topic: str, method: str, msg_id: str = "", *, server:
                 time.perf_counter() - start, {"rpc.service": topic, "grpcrpc.kind": kind})
 
 
-@contextmanager
 def server_span(headers: Mapping[str, str], topic: str, method: str, msg_id: str, *,
                 cast: bool, fanout: bool = False, server: str = "", az: str = ""
-                ) -> Iterator[trace.Span | None]:
+                ) -> AbstractContextManager[trace.Span | None]:
     """Around the dispatch of one envelope, as a child of the caller's span.
 
     Even with tracing off, the caller's context is made current, so the endpoint's own
     outgoing calls carry it on.
     """
+    tracer, metrics_on = _tracer(), metrics_enabled()
+    if not headers and tracer is None and not metrics_on:
+        return _NO_SERVER_SPAN
+    return _server_span(tracer, metrics_on, headers, topic, method, msg_id, cast, fanout,
+                        server, az)
+
+
+@contextmanager
+def _server_span(tracer: trace.Tracer | None, metrics_on: bool, headers: Mapping[str, str],
+                 topic: str, method: str, msg_id: str, cast: bool, fanout: bool, server: str,
+                 az: str) -> Iterator[trace.Span | None]:
     parent = propagate.extract(headers) if headers else None
     token = otel_context.attach(parent) if parent is not None else None
-    tracing_on, metrics_on = enabled(), metrics_enabled()
     start = time.perf_counter()
     if metrics_on:
         metrics_instruments.in_flight.add(1, {"rpc.service": topic})
     try:
-        if not tracing_on:
+        if tracer is None:
             yield None
             return
         kind = SpanKind.CONSUMER if cast else SpanKind.SERVER
-        attrs = _attributes(topic, method, msg_id, operation="process", server=server, az=az)
-        attrs["grpcrpc.kind"] = "fanout" if fanout else ("cast" if cast else "call")
-        with _tracer.start_as_current_span(f"{topic}/{method} process", kind=kind,
-                                           attributes=attrs, record_exception=False,
-                                           set_status_on_exception=False) as span:
+        with tracer.start_as_current_span(f"{topic}/{method} process", kind=kind,
+                                          record_exception=False,
+                                          set_status_on_exception=False) as span:
+            _recording(span, lambda: {
+                **_attributes(topic, method, msg_id, operation="process", server=server, az=az),
+                "grpcrpc.kind": "fanout" if fanout else ("cast" if cast else "call")})
             try:
                 yield span
             except BaseException as error:
@@ -249,13 +341,14 @@ def broadcaster_span(headers: MutableMapping[str, str], topic: str, method: str,
     parent = propagate.extract(headers) if headers else None
     token = otel_context.attach(parent) if parent is not None else None
     try:
-        if not enabled():
+        tracer = _tracer()
+        if tracer is None:
             yield None
             return
-        attrs = _attributes(topic, method, msg_id, operation="send", az=az)
-        attrs["grpcrpc.kind"] = "fanout"
-        with _tracer.start_as_current_span(f"{topic}/{method} broadcast", kind=SpanKind.SERVER,
-                                           attributes=attrs) as span:
+        with tracer.start_as_current_span(f"{topic}/{method} broadcast",
+                                          kind=SpanKind.SERVER) as span:
+            _recording(span, lambda: {**_attributes(topic, method, msg_id, operation="send", az=az),
+                                      "grpcrpc.kind": "fanout"})
             for key in ("traceparent", "tracestate"):
                 headers.pop(key, None)
             propagate.inject(headers)
@@ -334,8 +427,6 @@ class SpanCapture:
 
     @classmethod
     def install(cls, service_name: str) -> SpanCapture:
-        import os
-
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
