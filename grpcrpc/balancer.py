@@ -87,6 +87,8 @@ class Balancer:
         """One of `candidates`, skipping ejected addresses (unless all are) and `exclude`."""
         if not candidates:
             raise ValueError("no candidates")
+        if len(candidates) == 1 and not exclude:
+            return candidates[0]  # ejected or not, it is the only one to try
         eligible = [
             e for e in candidates
             if e.address not in exclude and not self.ejections.is_ejected(e.address)

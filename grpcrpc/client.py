@@ -84,14 +84,27 @@ class _ClientBase:
         self.timeout = timeout
         self.version_cap = version_cap
         self.serializer = serializer or NoOpSerializer()
+        # The default serializer changes nothing: skip its per-argument calls on the hot path.
+        self._plain_entities = type(self.serializer) is NoOpSerializer
         self.retry = retry
         self.allowed_remote_exmods = frozenset(allowed_remote_exmods)
+        self._wire_targets: dict[tuple[str, str], ev.WireTarget] = {}
 
     def _copy(self, **changes: Any) -> Self:
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.__dict__.update(changes)
+        new._wire_targets = {}
         return new
+
+    def _wire_target(self, exchange: str, own_az: str) -> ev.WireTarget:
+        """The envelope's target, built once per client (targets are immutable)."""
+        key = (exchange, own_az)
+        wire = self._wire_targets.get(key)
+        if wire is None:
+            wire = self._wire_targets[key] = ev.wire_target(
+                self.target, exchange, own_az if self.target.fanout else "")
+        return wire
 
     def prepare(
         self,
@@ -147,6 +160,8 @@ class _ClientBase:
         return version_is_compatible(self.version_cap, v)
 
     def _dict_args(self, ctxt: Any, kwargs: dict[str, Any]) -> ev.Payload:
+        if self._plain_entities:
+            return ev.Payload(json=ev.encode_json(kwargs))
         s = self.serializer
         return ev.Payload(json=ev.encode_json({k: s.serialize_entity(ctxt, v)
                                                for k, v in kwargs.items()}))
@@ -167,24 +182,26 @@ class _ClientBase:
             raise VersionCapError(
                 f"version {self.target.version} of {method} is above the cap {self.version_cap}"
             )
-        try:
-            context = self.serializer.serialize_context(ctxt)
-        except TypeError as err:
-            raise SerializationError(str(err)) from None
-        env = ev.build_envelope(
-            msg_id,
-            self.target,
-            method,
-            args,
-            ev.encode_json(context),
+        if not ctxt and type(ctxt) is dict:
+            context = b"{}"
+        else:
+            try:
+                context = ev.encode_json(self.serializer.serialize_context(ctxt))
+            except TypeError as err:
+                raise SerializationError(str(err)) from None
+        env = ev.Envelope(
+            id=msg_id,
+            # A fanout names its AZ, so whichever broadcaster takes it delivers in that AZ.
+            target=self._wire_target(exchange, own_az),
+            method=method,
+            args=args,
             cast=cast,
             fanout=self.target.fanout,
-            headers=headers,
-            timeout_ms=0 if self.timeout is None else int(self.timeout * 1000),
-            exchange=exchange,
-            # A fanout names its AZ, so whichever broadcaster takes it delivers in that AZ.
-            az=own_az if self.target.fanout else "",
+            context=context,
+            timeout_ms=0 if self.timeout is None else ev.timeout_ms(self.timeout),
         )
+        if headers:
+            env.headers.update(headers)
         return env.SerializeToString()
 
     def _result(
@@ -197,7 +214,8 @@ class _ClientBase:
                 return ev.payload_to_message(payload, response_type, f"{method} result")
             if payload.WhichOneof("body") == "message":
                 return ev.payload_to_python(payload, f"{method} result")
-            return self.serializer.deserialize_entity(ctxt, ev.decode_json(payload.json, "result"))
+            value = ev.decode_json(payload.json, "result")
+            return value if self._plain_entities else self.serializer.deserialize_entity(ctxt, value)
         if kind == "failure":
             raise ev.exception_from_failure(
                 reply.failure, method, self.target.version or "", self.allowed_remote_exmods

@@ -48,7 +48,9 @@ __all__ = [
     "payload_to_message",
     "payload_to_python",
     "reply_failure",
+    "timeout_ms",
     "validate_envelope",
+    "wire_target",
 ]
 
 Envelope = pb.Envelope
@@ -86,9 +88,13 @@ def encode_json(value: Any) -> bytes:
         raise exc.SerializationError(f"value is not JSON-serialisable: {err}") from None
 
 
+_loads = json.JSONDecoder().decode
+
+
 def decode_json(data: bytes, what: str = "payload") -> Any:
     try:
-        return json.loads(data) if data else None
+        # UTF-8 by contract (RFC 8259): decoding it here skips json.loads' encoding sniffing.
+        return _loads(data.decode()) if data else None
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise exc.InvalidEnvelope(f"{what} is not valid JSON: {err}") from None
 
@@ -145,6 +151,23 @@ def payload_to_python(payload: pb.Payload, what: str = "payload") -> Any:
     return decode_json(payload.json, what) if payload.json else None
 
 
+def wire_target(target: Target, exchange: str = "", az: str = "") -> pb.Target:
+    """A target as the envelope carries it; `exchange`/`az` fill in what `target` leaves unset."""
+    return pb.Target(
+        exchange=target.exchange or exchange,
+        topic=target.topic or "",
+        server=target.server or "",
+        namespace=target.namespace or "",
+        version=target.version or "",
+        az=target.az or az,
+    )
+
+
+def timeout_ms(seconds: float) -> int:
+    """A timeout as the envelope's uint32 milliseconds (clamped)."""
+    return max(0, min(int(seconds * 1000), 2**32 - 1))
+
+
 def build_envelope(
     msg_id: str,
     target: Target,
@@ -162,14 +185,7 @@ def build_envelope(
     """An envelope ready to send. `exchange`/`az` fill in what the target leaves unset."""
     env = pb.Envelope(
         id=msg_id,
-        target=pb.Target(
-            exchange=target.exchange or exchange,
-            topic=target.topic or "",
-            server=target.server or "",
-            namespace=target.namespace or "",
-            version=target.version or "",
-            az=target.az or az,
-        ),
+        target=wire_target(target, exchange, az),
         method=method,
         args=args if isinstance(args, pb.Payload) else pb.Payload(json=args),
         cast=cast,
@@ -193,24 +209,28 @@ def parse_envelope(data: bytes) -> pb.Envelope:
 
 
 def validate_envelope(env: pb.Envelope) -> None:
-    if not env.id:
+    msg_id = env.id
+    if not msg_id:
         raise exc.InvalidEnvelope("envelope has no id")
-    if len(env.id) > MAX_NAME:
+    if len(msg_id) > MAX_NAME:
         raise exc.InvalidEnvelope("envelope id too long")
     if env.cancel:
         return
-    if not env.method:
+    method, target = env.method, env.target
+    if not method:
         raise exc.InvalidEnvelope("envelope has no method")
-    if not env.HasField("target") or not env.target.topic:
+    topic, version = target.topic, target.version
+    if not topic:
         raise exc.InvalidEnvelope("envelope has no target topic")
-    if len(env.method) > MAX_NAME or len(env.target.topic) > MAX_NAME:
+    if len(method) > MAX_NAME or len(topic) > MAX_NAME:
         raise exc.InvalidEnvelope("envelope method or topic too long")
     if len(env.headers) > MAX_HEADERS:
         raise exc.InvalidEnvelope(f"envelope has more than {MAX_HEADERS} headers")
-    try:
-        parse_version(env.target.version)
-    except ValueError as err:
-        raise exc.InvalidEnvelope(str(err)) from None
+    if version:
+        try:
+            parse_version(version)
+        except ValueError as err:
+            raise exc.InvalidEnvelope(str(err)) from None
 
 
 def parse_reply(data: bytes) -> pb.Reply:

@@ -27,7 +27,7 @@ from grpcrpc.auth import ServerAuth
 from grpcrpc.dispatcher import Dispatcher, Handler
 from grpcrpc.exceptions import GrpcrpcError, InvalidEnvelope, NoSuchMethod, UnsupportedVersion
 from grpcrpc.generated.v1 import transport_pb2 as tpb
-from grpcrpc.serializer import Serializer
+from grpcrpc.serializer import NoOpSerializer, Serializer
 from grpcrpc.transport.batching import Outbox
 
 __all__ = ["EnvelopeServicer", "Identity", "Limits"]
@@ -105,6 +105,8 @@ class EnvelopeServicer:
         self._per_peer: dict[str, int] = {}
         self.dispatcher = dispatcher
         self.serializer = serializer
+        # The default serializer changes nothing: skip its per-value calls on the hot path.
+        self._plain_entities = type(serializer) is NoOpSerializer
         self.limits = limits
         self.send_tracebacks = send_tracebacks
         self.stopping = False
@@ -323,7 +325,6 @@ class EnvelopeServicer:
         except Exception as err:
             self._release(ticket)
             return ev.Reply(id=env.id, failure=self._failure(err))
-        deadline = time.monotonic() + env.timeout_ms / 1000 if env.timeout_ms else None
         if env.cast:
             task = asyncio.get_running_loop().create_task(
                 self._cast(env, ticket, ctxt, args, kwargs)
@@ -336,7 +337,7 @@ class EnvelopeServicer:
         with tracing.server_span(env.headers, me.topic, env.method, env.id, cast=False,
                                  server=me.server, az=me.az) as span:
             try:
-                result = await self._invoke(ticket, ctxt, args, kwargs, deadline)
+                result = await self._invoke(ticket, ctxt, args, kwargs, env.timeout_ms)
             except _Expired:
                 tracing.mark_failed(span, "Expired", "deadline passed while queued")
                 return ev.reply_failure(env.id, ev.ErrorCode.EXPIRED,
@@ -362,7 +363,9 @@ class EnvelopeServicer:
             if env.args.WhichOneof("body") == "message":
                 return ev.pack_message(result)
             return ev.Payload(json=ev.encode_json(ev.message_to_python(result)))
-        return ev.Payload(json=ev.encode_json(self.serializer.serialize_entity(ctxt, result)))
+        if not self._plain_entities:
+            result = self.serializer.serialize_entity(ctxt, result)
+        return ev.Payload(json=ev.encode_json(result))
 
     async def _cast(
         self, env: ev.Envelope, ticket: _Ticket, ctxt: Any, args: tuple[Any, ...],
@@ -372,7 +375,7 @@ class EnvelopeServicer:
         with tracing.server_span(env.headers, me.topic, env.method, env.id, cast=True,
                                  fanout=env.fanout, server=me.server, az=me.az) as span:
             try:
-                await self._invoke(ticket, ctxt, args, kwargs, None)
+                await self._invoke(ticket, ctxt, args, kwargs, 0)
             except asyncio.CancelledError:
                 log.warning("cast %s.%s cancelled at shutdown", env.target.topic, env.method)
                 tracing.mark_failed(span, "CancelledError", "cancelled at shutdown")
@@ -386,17 +389,22 @@ class EnvelopeServicer:
     ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
         """The context and the endpoint's arguments: (request,) for a typed endpoint, keyword
         arguments for a dict-style one — whichever form the caller sent."""
-        raw_ctxt = ev.decode_json(env.context, "context") if env.context else {}
+        raw = env.context
+        raw_ctxt = ev.decode_json(raw, "context") if raw and raw != b"{}" else {}
         if not isinstance(raw_ctxt, dict):
             raise InvalidEnvelope("context must be a JSON object")
         ctxt = self.serializer.deserialize_context(raw_ctxt)
         if handler.request_type is not None:
             return ctxt, (ev.payload_to_message(env.args, handler.request_type, "args"),), {}
-        args = ev.payload_to_python(env.args, "args") if env.HasField("args") else {}
-        if args is None:
-            args = {}
+        payload = env.args
+        if payload.WhichOneof("body") == "message":
+            args = ev.payload_to_python(payload, "args")
+        else:  # JSON, or no arguments at all
+            args = ev.decode_json(payload.json, "args") if payload.json else {}
         if not isinstance(args, dict):
             raise InvalidEnvelope("args must be a JSON object")
+        if self._plain_entities:
+            return ctxt, (), args
         return ctxt, (), {k: self.serializer.deserialize_entity(ctxt, v) for k, v in args.items()}
 
     def _failure(self, err: BaseException) -> ev.Failure:
@@ -406,8 +414,10 @@ class EnvelopeServicer:
 
     async def _invoke(
         self, ticket: _Ticket, ctxt: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-        deadline: float | None,
+        timeout_ms: int,
     ) -> Any:
+        """Run the endpoint: a coroutine on the loop, a function in the pool (skipped there if
+        the caller's `timeout_ms`, counted from now, passes while it queues)."""
         handler = ticket.handler
         if handler.is_async:
             try:
@@ -415,6 +425,7 @@ class EnvelopeServicer:
             finally:
                 self._release(ticket)
         loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
         try:
             # The thread runs in a copy of this task's context: the trace (and anything else in
             # contextvars) follows the call into plain-function endpoints.

@@ -158,7 +158,7 @@ class TransportBase:
         candidates = self.candidates(target)
         if not candidates:
             raise NoEndpoints(_describe(target, self.options))
-        left = [e for e in candidates if e.address not in tried]
+        left = [e for e in candidates if e.address not in tried] if tried else candidates
         if not left:
             raise NoEndpoints(
                 f"{_describe(target, self.options)}: could not connect to any of "
