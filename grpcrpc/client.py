@@ -316,7 +316,8 @@ class RPCClient(_ClientBase):
         with self._span("call", method, msg_id) as headers:
             data = self._envelope(ctxt, method, args, cast=False, msg_id=msg_id,
                                   exchange=t.options.exchange, headers=headers)
-            reply = t.request(self.target, data, self.timeout, self._what(method), self.retry)
+            reply = t.request(self.target, msg_id, data, self.timeout, self._what(method),
+                              self.retry)
             return self._result(ctxt, method, reply, response_type)
 
     def _cast(self, ctxt: Any, method: str, args: ev.Payload) -> FanoutReport | None:
@@ -337,7 +338,7 @@ class RPCClient(_ClientBase):
                 except NoEndpoints as err:
                     self._check_fallback(err)
             return t.fanout(t.fanout_targets(self.target), data, self.timeout, what)
-        reply = t.request(self.target, data, self.timeout, self._what(method), self.retry)
+        reply = t.request(self.target, msg_id, data, self.timeout, self._what(method), self.retry)
         self._result(ctxt, method, reply)
         return None
 

@@ -28,7 +28,7 @@ from grpcrpc.dispatcher import Dispatcher, Handler
 from grpcrpc.exceptions import GrpcrpcError, InvalidEnvelope, NoSuchMethod, UnsupportedVersion
 from grpcrpc.generated.v1 import transport_pb2 as tpb
 from grpcrpc.serializer import NoOpSerializer, Serializer
-from grpcrpc.transport.batching import Outbox
+from grpcrpc.transport.batching import BATCH_BYTES, Outbox
 
 __all__ = ["EnvelopeServicer", "Identity", "Limits"]
 
@@ -161,7 +161,7 @@ class EnvelopeServicer:
         def write_failed(error: BaseException, unsent: list[None]) -> None:
             log.debug("stream to %s broke while replying: %s", context.peer(), error)
 
-        outbox: Outbox[None] = Outbox(context.write, self.limits.max_message_size, write_failed,
+        outbox: Outbox[None] = Outbox(context.write, BATCH_BYTES, write_failed,
                                       batched=batched)
 
         def send(reply: ev.Reply) -> None:

@@ -44,6 +44,7 @@ from grpcrpc.target import Target
 from grpcrpc.transport.base import (
     BATCHES_METHOD,
     FANOUT_METHOD,
+    UNARY_METHOD,
     Attempts,
     NotSent,
     TransportBase,
@@ -55,7 +56,7 @@ from grpcrpc.transport.base import (
     fanout_request,
     parse_report,
 )
-from grpcrpc.transport.batching import Outbox
+from grpcrpc.transport.batching import BATCH_BYTES, Outbox
 
 __all__ = ["AsyncTransport"]
 
@@ -69,7 +70,8 @@ class _Stream:
         self.address = address
         self._call = channel.stream_stream(BATCHES_METHOD)(metadata=metadata or None)
         self._pending: dict[str, asyncio.Future[ev.Reply]] = {}
-        self._outbox: Outbox[str] = Outbox(self._call.write, max_bytes, self._write_failed)
+        self._outbox: Outbox[str] = Outbox(self._call.write, min(max_bytes, BATCH_BYTES),
+                                           self._write_failed)
         self._opened = False
         self._open_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
@@ -170,6 +172,7 @@ class _Conn:
         self.channel = channel
         self.address = address
         self.fanout = channel.unary_unary(FANOUT_METHOD)
+        self.unary = channel.unary_unary(UNARY_METHOD)
         self._metadata = metadata
         self._max_bytes = max_bytes
         self._streams: list[_Stream | None] = [None] * max(1, n)
@@ -267,32 +270,47 @@ class AsyncTransport(TransportBase):
         while True:
             endpoint = attempts.next_endpoint()
             address = endpoint.address
-            stream = self._conn(address).stream()
+            conn = self._conn(address)
             self.balancer.begin(address)
             try:
-                try:
-                    fut = await stream.request(msg_id, data)
-                except NotSent as err:
-                    attempts.never_sent(endpoint, str(err))
-                    continue
-                try:
-                    async with asyncio.timeout(attempts.remaining()):
-                        reply = await fut
-                except NotSent as err:  # the stream broke before this one was written
-                    attempts.never_sent(endpoint, str(err))
-                    continue
-                except TimeoutError:
-                    stream.forget(msg_id)
-                    raise MessagingTimeout(f"{what} @ {address}: timed out") from None
-                except asyncio.CancelledError:
-                    # The caller gave up: tell the server, so it can drop the work.
-                    stream.forget(msg_id)
-                    stream.send_only(ev.Envelope(id=msg_id, cancel=True).SerializeToString())
-                    raise
+                if len(data) > BATCH_BYTES:  # alone, so a size limit refusing it fails it alone
+                    reply = await self._unary(conn, data, attempts.remaining(), what)
+                else:
+                    reply = await self._exchange(conn, msg_id, data, attempts.remaining(), what)
+            except NotSent as err:
+                attempts.never_sent(endpoint, str(err))
+                continue
             finally:
                 self._done(address)
             if attempts.accepted(endpoint, reply):
                 return reply
+
+    async def _exchange(self, conn: _Conn, msg_id: str, data: bytes, timeout: float | None,
+                        what: str) -> ev.Reply:
+        """One envelope out on one of `conn`'s streams, its reply back (or the reason not)."""
+        stream = conn.stream()
+        fut = await stream.request(msg_id, data)
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            stream.forget(msg_id)
+            raise MessagingTimeout(f"{what} @ {conn.address}: timed out") from None
+        except asyncio.CancelledError:
+            # The caller gave up: tell the server, so it can drop the work.
+            stream.forget(msg_id)
+            stream.send_only(ev.Envelope(id=msg_id, cancel=True).SerializeToString())
+            raise
+
+    async def _unary(self, conn: _Conn, data: bytes, timeout: float | None, what: str
+                     ) -> ev.Reply:
+        try:
+            raw = await conn.unary(data, timeout=timeout, metadata=self._metadata or None)
+        except grpc.RpcError as err:
+            if never_sent(err):
+                raise NotSent(err.details() or "") from None
+            raise map_rpc_error(err, f"{what} @ {conn.address}") from None
+        return ev.parse_reply(raw)
 
     async def broadcast(self, target: Target, data: bytes, timeout: float | None, what: str
                         ) -> fanout.FanoutReport:

@@ -21,9 +21,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["Outbox", "frame"]
+__all__ = ["BATCH_BYTES", "Outbox", "frame"]
 
 K = TypeVar("K")
+# A batch is at most this big (a message larger than that goes by itself). Clients send an
+# envelope larger than this as a unary RPC, not on a shared stream: a peer's size limit refusing
+# it then fails that call alone instead of the stream and everything in flight on it.
+BATCH_BYTES = 64 * 1024
 _TAG = b"\x0a"  # field 1, wire type 2 (length-delimited)
 
 

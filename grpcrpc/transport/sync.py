@@ -1,8 +1,17 @@
 """The sync transport: grpcio's blocking channels, no event loop.
 
-Each message is one unary RPC. Measured here, that is the lowest-latency path for a blocking
-caller (a stream would add two thread hand-offs per message); gRPC's own deadline bounds every
-call, and threads share channels without locks on the call path.
+Calls and casts go over envelope streams (`Batches`), as in the asyncio transport: each endpoint
+gets `streams_per_endpoint` streams, opened lazily. A caller queues its envelope and blocks on a
+lock of its own until the stream's reader thread hands it the reply (matched by message id) or
+its time runs out. gRPC's writer thread sends everything queued since its last write as one
+batch, so many threads share a stream cheaply. Measured here against one unary RPC per message,
+a stream halves the sequential round trip (a new RPC costs the asyncio server far more than a
+message on an open stream), and the hand-off to the reader thread costs less than that saves.
+
+What may be resent follows the asyncio transport: envelopes still queued when a stream breaks,
+or sent on a stream that never connected, provably never left (`NotSent`: another endpoint is
+tried); envelopes handed to gRPC fail with `DeliveryError` (they may have been delivered). A
+fanout from the client goes as one unary RPC per server, all at once.
 
 >>> from grpcrpc.discovery import StaticResolver
 >>> transport = SyncTransport(StaticResolver([]))
@@ -12,7 +21,10 @@ call, and threads share channels without locks on the call path.
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+import itertools
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 
 import grpc
 
@@ -20,12 +32,20 @@ from grpcrpc import envelope as ev
 from grpcrpc import fanout
 from grpcrpc._errors import map_rpc_error, never_sent
 from grpcrpc.discovery.base import Endpoint, Resolver
-from grpcrpc.exceptions import ClientClosed
+from grpcrpc.exceptions import (
+    ClientClosed,
+    DeliveryError,
+    MessagingTimeout,
+    Unauthorized,
+)
+from grpcrpc.generated.v1 import transport_pb2 as tpb
 from grpcrpc.target import Target
 from grpcrpc.transport.base import (
+    BATCHES_METHOD,
     FANOUT_METHOD,
     UNARY_METHOD,
     Attempts,
+    NotSent,
     TransportBase,
     TransportOptions,
     broadcaster_target,
@@ -35,18 +55,176 @@ from grpcrpc.transport.base import (
     fanout_request,
     parse_report,
 )
+from grpcrpc.transport.batching import BATCH_BYTES, frame
 
 __all__ = ["SyncTransport"]
 
+_Item = tuple[bytes, str | None]  # an envelope, and the id of the caller waiting for its reply
+_END: _Item = (b"", None)  # the queue's last item (compared by identity): the stream half-closes
+
+
+class _Waiter:
+    """One caller waiting for one reply: a lock it blocks on, released by the reader thread
+    (a bare lock is the cheapest cross-thread wake-up Python has)."""
+
+    __slots__ = ("error", "lock", "reply")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.reply: ev.Reply | None = None
+        self.error: BaseException | None = None
+
+    def settle(self, reply: ev.Reply | None, error: BaseException | None = None) -> None:
+        self.reply, self.error = reply, error
+        self.lock.release()
+
+
+class _Stream:
+    """One envelope stream: a queue gRPC's writer thread drains in batches, and a reader
+    thread that settles waiters by message id."""
+
+    def __init__(self, channel: grpc.Channel, address: str,
+                 metadata: tuple[tuple[str, str], ...] | None, max_bytes: int) -> None:
+        self.address = address
+        self._max_bytes = min(max_bytes, BATCH_BYTES)
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._pending: dict[str, _Waiter] = {}
+        # Guards `broken` against registering: no waiter joins a stream that has been settled.
+        self._lock = threading.Lock()
+        self.broken = False
+        self._why = "stream closed"  # why it broke, for a caller who comes after
+        self._closing = False
+        self._call = channel.stream_stream(BATCHES_METHOD)(self._requests(), metadata=metadata)
+        threading.Thread(target=self._read, name=f"grpcrpc-stream-{address}", daemon=True).start()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def request(self, msg_id: str, data: bytes) -> _Waiter:
+        """Queue one envelope; the waiter its reply settles. `NotSent` if the stream is gone."""
+        waiter = _Waiter()
+        with self._lock:
+            if self.broken:
+                raise NotSent(self._why)
+            self._pending[msg_id] = waiter
+            self._queue.put((data, msg_id))
+        return waiter
+
+    def forget(self, msg_id: str) -> _Waiter | None:
+        return self._pending.pop(msg_id, None)
+
+    def _requests(self) -> Iterator[bytes]:
+        """gRPC's writer thread: everything queued since the last write, as one batch."""
+        get, get_nowait, limit = self._queue.get, self._queue.get_nowait, self._max_bytes
+        carry: _Item | None = None
+        while True:
+            item = carry if carry is not None else get()
+            carry = None
+            if item is _END:
+                return
+            batch, size = [item[0]], len(item[0]) + 10
+            while True:
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+                if item is _END or size + len(item[0]) + 10 > limit:
+                    carry = item
+                    break
+                batch.append(item[0])
+                size += len(item[0]) + 10
+            yield frame(batch)
+            if carry is _END:
+                return
+
+    def _read(self) -> None:
+        failure: BaseException = DeliveryError("stream closed by the server")
+        try:
+            for raw in self._call:
+                try:
+                    replies = tpb.ReplyBatch.FromString(raw).replies
+                except Exception:  # DecodeError: one garbled batch must not take others down
+                    continue
+                pending = self._pending
+                for reply in replies:
+                    waiter = pending.pop(reply.id, None)
+                    if waiter is not None:
+                        waiter.settle(reply)
+        except grpc.RpcError as err:
+            if never_sent(err):  # the stream never connected: nothing on it left
+                failure = NotSent(err.details() or "")
+            else:
+                failure = map_rpc_error(err, f"stream @ {self.address}")
+        except Exception as err:
+            failure = DeliveryError(f"stream @ {self.address}: {type(err).__name__}: {err}")
+        finally:
+            self._settle_all(ClientClosed("the transport is closed") if self._closing else failure)
+
+    def _settle_all(self, failure: BaseException) -> None:
+        with self._lock:
+            self.broken = True
+            self._why = str(failure) or self._why
+            unsent: set[str] = set()
+            while True:  # still queued: provably never written, safe to send elsewhere
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item[1] is not None:
+                    unsent.add(item[1])
+            self._queue.put(_END)  # release gRPC's writer if it waits for more
+            pending, self._pending = self._pending, {}
+        error: BaseException
+        if isinstance(failure, (NotSent, Unauthorized, ClientClosed)):
+            error = failure
+        else:  # anything else leaves delivery in doubt
+            error = DeliveryError(f"{failure}; the message may or may not have been delivered")
+        for msg_id, waiter in pending.items():
+            if msg_id in unsent:
+                waiter.settle(None, NotSent(f"stream @ {self.address} broke before sending"))
+            else:
+                waiter.settle(None, error)
+
+    def close(self) -> None:
+        self._closing = True
+        with self._lock:
+            if not self.broken:
+                self._queue.put(_END)
+        self._call.cancel()
+
 
 class _Conn:
-    __slots__ = ("channel", "fanout", "unary")
-
-    def __init__(self, channel: grpc.Channel) -> None:
+    def __init__(self, channel: grpc.Channel, address: str, n: int,
+                 metadata: tuple[tuple[str, str], ...] | None, max_bytes: int) -> None:
         self.channel = channel
+        self.address = address
         # Bytes in, bytes out: parsing is ours, so a bad reply is a named error, not gRPC's.
         self.unary = channel.unary_unary(UNARY_METHOD)
         self.fanout = channel.unary_unary(FANOUT_METHOD)
+        self._metadata = metadata
+        self._max_bytes = max_bytes
+        self._streams: list[_Stream | None] = [None] * max(1, n)
+        self._next = itertools.count()
+        self._lock = threading.Lock()
+
+    def stream(self) -> _Stream:
+        i = next(self._next) % len(self._streams)
+        s = self._streams[i]
+        if s is None or s.broken:
+            with self._lock:
+                s = self._streams[i]
+                if s is None or s.broken:
+                    s = self._streams[i] = _Stream(self.channel, self.address, self._metadata,
+                                                   self._max_bytes)
+        return s
+
+    def close(self) -> None:
+        for s in self._streams:
+            if s is not None:
+                s.close()
+        self.channel.close()
 
 
 class SyncTransport(TransportBase):
@@ -79,7 +257,9 @@ class SyncTransport(TransportBase):
                     channel = grpc.secure_channel(address, self._creds, self._channel_options)
                 else:
                     channel = grpc.insecure_channel(address, self._channel_options)
-                conn = self._conns[address] = _Conn(channel)
+                conn = self._conns[address] = _Conn(
+                    channel, address, self.options.streams_per_endpoint, self._metadata,
+                    self.options.max_message_size)
                 self._evict_locked()
         return conn
 
@@ -90,7 +270,7 @@ class SyncTransport(TransportBase):
             if excess <= 0:
                 break
             if self.balancer.outstanding(address) == 0:
-                self._conns.pop(address).channel.close()
+                self._conns.pop(address).close()
                 excess -= 1
 
     def _retire(self, address: str) -> None:
@@ -99,7 +279,7 @@ class SyncTransport(TransportBase):
             if conn is None:
                 return
             if self.balancer.outstanding(address) == 0:
-                conn.channel.close()
+                conn.close()
             else:
                 self._retiring[address] = conn
 
@@ -109,20 +289,60 @@ class SyncTransport(TransportBase):
             with self._lock:
                 conn = self._retiring.pop(address, None)
             if conn is not None:
-                conn.channel.close()
+                conn.close()
 
     def request(
-        self, target: Target, data: bytes, timeout: float | None, what: str,
+        self, target: Target, msg_id: str, data: bytes, timeout: float | None, what: str,
         retry: int | None = None,
     ) -> ev.Reply:
         """Send one envelope to one endpoint of `target`; the server's reply."""
         check_size(data, self.options, what)
         attempts = Attempts(self, target, timeout, retry)
         while True:
-            endpoint, raw = self._send(attempts, "unary", data, what)
-            reply = ev.parse_reply(raw)
+            endpoint = attempts.next_endpoint()
+            address = endpoint.address
+            self.balancer.begin(address)
+            try:
+                try:
+                    reply = self._exchange(self._conn(address), msg_id, data,
+                                           attempts.remaining(), what)
+                except NotSent as err:
+                    attempts.never_sent(endpoint, str(err))
+                    continue
+            finally:
+                self._done(address)
             if attempts.accepted(endpoint, reply):
                 return reply
+
+    def _exchange(self, conn: _Conn, msg_id: str, data: bytes, timeout: float | None,
+                  what: str) -> ev.Reply:
+        """One envelope out on one of `conn`'s streams, its reply back (or the reason not)."""
+        if len(data) > BATCH_BYTES:
+            return self._unary(conn, data, timeout, what)
+        try:
+            stream = conn.stream()
+        except ValueError as err:  # the channel was closed under us by close()
+            raise ClientClosed(f"{what}: {err}") from None
+        waiter = stream.request(msg_id, data)
+        if not waiter.lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            if stream.forget(msg_id) is waiter:
+                raise MessagingTimeout(f"{what} @ {conn.address}: timed out")
+            waiter.lock.acquire()  # settled just now: it is released at once
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.reply is not None
+        return waiter.reply
+
+    def _unary(self, conn: _Conn, data: bytes, timeout: float | None, what: str) -> ev.Reply:
+        try:
+            raw = conn.unary(data, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            if never_sent(err):
+                raise NotSent(err.details() or "") from None
+            raise map_rpc_error(err, f"{what} @ {conn.address}") from None
+        except ValueError as err:  # the channel was closed under us by close()
+            raise ClientClosed(f"{what}: {err}") from None
+        return ev.parse_reply(raw)
 
     def broadcast(self, target: Target, data: bytes, timeout: float | None, what: str
                   ) -> fanout.FanoutReport:
@@ -134,20 +354,13 @@ class SyncTransport(TransportBase):
         request = fanout_request(data)
         check_size(request, self.options, what)
         attempts = Attempts(self, broadcaster_target(target, self.options.az), timeout)
-        endpoint, raw = self._send(attempts, "fanout", request, what)
-        attempts.succeeded(endpoint)
-        return parse_report(raw)
-
-    def _send(self, attempts: Attempts, rpc: str, data: bytes, what: str) -> tuple[Endpoint, bytes]:
-        """Send to endpoints in turn until one takes the message (connection opened)."""
         while True:
             endpoint = attempts.next_endpoint()
             address = endpoint.address
             conn = self._conn(address)
             self.balancer.begin(address)
             try:
-                call = conn.unary if rpc == "unary" else conn.fanout
-                return endpoint, call(data, timeout=attempts.remaining(), metadata=self._metadata)
+                raw = conn.fanout(request, timeout=attempts.remaining(), metadata=self._metadata)
             except grpc.RpcError as err:
                 if never_sent(err):
                     attempts.never_sent(endpoint, err.details() or "")
@@ -157,6 +370,8 @@ class SyncTransport(TransportBase):
                 raise ClientClosed(f"{what}: {err}") from None
             finally:
                 self._done(address)
+            attempts.succeeded(endpoint)
+            return parse_report(raw)
 
     def fanout(
         self, endpoints: Sequence[Endpoint], data: bytes, timeout: float | None, what: str
@@ -200,4 +415,4 @@ class SyncTransport(TransportBase):
             self._retiring.clear()
             self._close_base()
         for conn in conns:
-            conn.channel.close()
+            conn.close()
