@@ -157,9 +157,12 @@ class EnvelopeServicer:
         """One envelope stream: calls run concurrently (matched by id), replies go out through
         an outbox that coalesces them (`batched`) or sends one per message."""
         calls: dict[str, asyncio.Task[None]] = {}
+        # Read while the call lives: grpc.aio's context.peer() on a finished call crashes the
+        # process (a segfault, seen when a client cancelled its stream under a pending write).
+        identity, peer = self._identify(context), context.peer()
 
         def write_failed(error: BaseException, unsent: list[None]) -> None:
-            log.debug("stream to %s broke while replying: %s", context.peer(), error)
+            log.debug("stream to %s broke while replying: %s", peer, error)
 
         outbox: Outbox[None] = Outbox(context.write, BATCH_BYTES, write_failed,
                                       batched=batched)
@@ -177,7 +180,6 @@ class EnvelopeServicer:
                 calls.pop(env.id, None)
 
         loop = asyncio.get_running_loop()
-        identity, peer = self._identify(context), context.peer()
 
         async def handle(env: ev.Envelope) -> None:
             ticket, reply = self._admit(env, identity, peer)
