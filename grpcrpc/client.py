@@ -337,7 +337,7 @@ class RPCClient(_ClientBase):
                     return t.broadcast(self.target, data, self.timeout, what)
                 except NoEndpoints as err:
                     self._check_fallback(err)
-            return t.fanout(t.fanout_targets(self.target), data, self.timeout, what)
+            return t.fanout(t.fanout_targets(self.target), msg_id, data, self.timeout, what)
         reply = t.request(self.target, msg_id, data, self.timeout, self._what(method), self.retry)
         self._result(ctxt, method, reply)
         return None

@@ -1,4 +1,8 @@
-"""The client side, on the driver's loop: one resolver and one transport for every send.
+"""The client side: one resolver and one transport for every send of a process.
+
+With plain threads, a send runs in the caller's thread over grpcrpc's sync transport (its
+envelope streams hand replies to the caller directly); under eventlet it runs on the driver's
+loop, which green threads wait on without blocking the hub.
 
 oslo's semantics assume a broker that holds messages; here a message goes straight to a live
 server, so the gaps are bridged by waiting, within the caller's time budget:
@@ -16,23 +20,67 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from grpcrpc.discovery.base import RoutingTable
 from grpcrpc.discovery.etcd import EtcdResolver
 from grpcrpc.exceptions import GrpcrpcError, MessagingTimeout, NoEndpoints, Overloaded
 from grpcrpc.fanout import FanoutReport
-from grpcrpc.oslo._wire import OsloAsyncClient, PrimitiveSerializer
+from grpcrpc.oslo._wire import OsloAsyncClient, OsloSyncClient, PrimitiveSerializer
 from grpcrpc.oslo.options import Settings
 from grpcrpc.target import Target
 from grpcrpc.transport.aio import AsyncTransport
+from grpcrpc.transport.sync import SyncTransport
 
-__all__ = ["Sender"]
+__all__ = ["Sender", "SyncSender"]
 
 # How often a send that waits for a server looks again even without news from etcd (an
 # endpoint that refused connections may be back).
 _RECHECK = 1.0
 _MAX_BACKOFF = 1.0
+
+
+class _Tries:
+    """The retry decisions of one oslo send (no I/O, shared by both senders)."""
+
+    def __init__(self, what: str, timeout: float | None, retry: int | None, at_least_once: bool,
+                 clock: Callable[[], float]) -> None:
+        self._what = what
+        self._clock = clock
+        self._deadline = None if timeout is None else clock() + timeout
+        self._give_up_at_once = retry == 0
+        self._at_least_once = at_least_once
+        # oslo: None or -1 retries "forever" (within the time budget here); grpcrpc: how many
+        # other endpoints to try when a connection cannot open.
+        self.endpoints_retry = None if retry is None or retry < 0 else retry
+        self._backoff = 0.05
+        self._last: GrpcrpcError | None = None
+
+    def remaining(self) -> float | None:
+        """The budget left; the last error (or `MessagingTimeout`) once it is spent."""
+        if self._deadline is None:
+            return None
+        remaining = self._deadline - self._clock()
+        if remaining <= 0:
+            raise self._last or MessagingTimeout(f"{self._what}: timed out")
+        return remaining
+
+    def after(self, err: NoEndpoints | Overloaded, remaining: float | None) -> tuple[bool, float]:
+        """A send failed without delivering: (wait for the routing table to change?, how long
+        at most) before the next try; raises `err` when oslo's options say not to retry."""
+        self._last = err
+        if isinstance(err, NoEndpoints):
+            if self._at_least_once or self._give_up_at_once:
+                raise err
+            return True, _cap(remaining, _RECHECK)
+        if self._give_up_at_once:
+            raise err
+        delay = _cap(remaining, self._backoff)
+        self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+        return False, delay
 
 
 class Sender:
@@ -57,11 +105,7 @@ class Sender:
         return self._client
 
     async def _connect(self) -> OsloAsyncClient:
-        s = self._settings
-        # Watch the AZs this client may send to (its own, then the fallbacks): etcd delivers
-        # only those events.
-        resolver = EtcdResolver(s.etcd, az=[s.az, *s.fallback_azs],
-                                start_timeout=max(2.0, 2 * s.etcd.timeout))
+        resolver = _resolver(self._settings)
         await asyncio.to_thread(resolver.start)  # DiscoveryUnavailable if etcd never answers
         loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
@@ -72,7 +116,7 @@ class Sender:
 
         self._unsubscribe = resolver.subscribe(on_table)
         self._resolver = resolver
-        transport = AsyncTransport(resolver, s.transport)
+        transport = AsyncTransport(resolver, self._settings.transport)
         # The placeholder topic is replaced by every send's prepare().
         return OsloAsyncClient(transport, Target(topic="oslo"), timeout=None,
                                serializer=PrimitiveSerializer())
@@ -89,36 +133,23 @@ class Sender:
     ) -> Any:
         """The call's result, or None (a cast) or the `FanoutReport` (a fanout cast)."""
         client = await self._ensure()
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        give_up_at_once = retry == 0
-        # oslo: None or -1 retries "forever" (within the time budget here); grpcrpc: how many
-        # other endpoints to try when a connection cannot open.
-        endpoints_retry = None if retry is None or retry < 0 else retry
-        backoff = 0.05
-        last: GrpcrpcError | None = None
+        tries = _Tries(f"{fields['topic']}.{method}", timeout, retry, at_least_once,
+                       asyncio.get_running_loop().time)
         while True:
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise last or MessagingTimeout(f"{fields['topic']}.{method}: timed out")
-            prepared = client.prepare(**fields, timeout=remaining, retry=endpoints_retry)
+            remaining = tries.remaining()
+            prepared = client.prepare(**fields, timeout=remaining, retry=tries.endpoints_retry)
             changed = self._changed  # before trying, so a change during the try is not missed
             try:
                 if call:
                     return await prepared.call(ctxt, method, **args)
                 report: FanoutReport | None = await prepared.cast(ctxt, method, **args)
                 return report
-            except NoEndpoints as err:
-                if at_least_once or give_up_at_once:
-                    raise
-                last = err
-                await _wait(changed, _cap(remaining, _RECHECK))
-            except Overloaded as err:
-                if give_up_at_once:
-                    raise
-                last = err
-                await asyncio.sleep(_cap(remaining, backoff))
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+            except (NoEndpoints, Overloaded) as err:
+                wait_for_change, delay = tries.after(err, remaining)
+                if wait_for_change:
+                    await _wait(changed, delay)
+                else:
+                    await asyncio.sleep(delay)
 
     async def close(self) -> None:
         if self._unsubscribe is not None:
@@ -129,6 +160,80 @@ class Sender:
         if self._resolver is not None:
             await asyncio.to_thread(self._resolver.close)
             self._resolver = None
+
+
+class SyncSender:
+    """`Sender` for plain threads: sends in the caller's thread, no loop in between."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._resolver: EtcdResolver | None = None
+        self._client: OsloSyncClient | None = None
+        self._ready = threading.Lock()
+        self._changed = threading.Event()
+        self._unsubscribe: Any = None
+
+    def _ensure(self) -> OsloSyncClient:
+        client = self._client
+        if client is not None:
+            return client
+        with self._ready:
+            if self._client is None:
+                resolver = _resolver(self._settings)
+                resolver.start()  # DiscoveryUnavailable if etcd never answers
+                self._unsubscribe = resolver.subscribe(self._table_changed)
+                self._resolver = resolver
+                transport = SyncTransport(resolver, self._settings.transport)
+                # The placeholder topic is replaced by every send's prepare().
+                self._client = OsloSyncClient(transport, Target(topic="oslo"), timeout=None,
+                                              serializer=PrimitiveSerializer())
+            return self._client
+
+    def _table_changed(self, table: RoutingTable) -> None:  # resolver thread
+        # Later sends wait on a fresh event; the ones waiting now wake.
+        changed, self._changed = self._changed, threading.Event()
+        changed.set()
+
+    def send(
+        self, fields: dict[str, Any], ctxt: Any, method: str, args: dict[str, Any], *,
+        call: bool, timeout: float | None, retry: int | None, at_least_once: bool,
+    ) -> Any:
+        """The call's result, or None (a cast) or the `FanoutReport` (a fanout cast)."""
+        client = self._ensure()
+        tries = _Tries(f"{fields['topic']}.{method}", timeout, retry, at_least_once,
+                       time.monotonic)
+        while True:
+            remaining = tries.remaining()
+            prepared = client.prepare(**fields, timeout=remaining, retry=tries.endpoints_retry)
+            changed = self._changed  # before trying, so a change during the try is not missed
+            try:
+                if call:
+                    return prepared.call(ctxt, method, **args)
+                return prepared.cast(ctxt, method, **args)
+            except (NoEndpoints, Overloaded) as err:
+                wait_for_change, delay = tries.after(err, remaining)
+                if wait_for_change:
+                    changed.wait(delay)
+                else:
+                    time.sleep(delay)  # backing off before a retry, in the caller's own thread
+
+    def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        with self._ready:
+            client, self._client = self._client, None
+            resolver, self._resolver = self._resolver, None
+        if client is not None:
+            client.transport.close()
+        if resolver is not None:
+            resolver.close()
+
+
+def _resolver(s: Settings) -> EtcdResolver:
+    # Watch the AZs this client may send to (its own, then the fallbacks): etcd delivers only
+    # those events.
+    return EtcdResolver(s.etcd, az=[s.az, *s.fallback_azs],
+                        start_timeout=max(2.0, 2 * s.etcd.timeout))
 
 
 def _cap(remaining: float | None, limit: float) -> float:

@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 from oslo_serialization import jsonutils
 
 from grpcrpc import envelope as ev
-from grpcrpc.client import AsyncRPCClient
+from grpcrpc.client import AsyncRPCClient, RPCClient, _ClientBase
 from grpcrpc.dispatcher import Dispatcher, Handler
 from grpcrpc.serializer import Serializer
 
@@ -39,6 +39,7 @@ __all__ = [
     "KWARGS_MARK",
     "CatchAllDispatcher",
     "OsloAsyncClient",
+    "OsloSyncClient",
     "PrimitiveSerializer",
     "RemoteFailure",
     "failure_data",
@@ -136,8 +137,8 @@ class RemoteFailure(Exception):
         self.data = data
 
 
-class OsloAsyncClient(AsyncRPCClient):
-    """An `AsyncRPCClient` whose endpoint failures come back as `RemoteFailure`.
+class _RemoteFailures(_ClientBase):
+    """Endpoint failures come back as `RemoteFailure`, for oslo to rebuild.
 
     Local adapter: overrides the private `_result` until the core takes a failure mapper
     (docs/oslo.md, "core hooks").
@@ -148,6 +149,14 @@ class OsloAsyncClient(AsyncRPCClient):
         if reply.WhichOneof("outcome") == "failure" and reply.failure.code == ev.ErrorCode.REMOTE:
             raise RemoteFailure(failure_data(reply.failure))
         return super()._result(ctxt, method, reply, response_type)
+
+
+class OsloAsyncClient(_RemoteFailures, AsyncRPCClient):
+    """An `AsyncRPCClient` whose endpoint failures come back as `RemoteFailure`."""
+
+
+class OsloSyncClient(_RemoteFailures, RPCClient):
+    """An `RPCClient` whose endpoint failures come back as `RemoteFailure`."""
 
 
 # -- dispatch ------------------------------------------------------------------------------

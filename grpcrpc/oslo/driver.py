@@ -40,8 +40,8 @@ from grpcrpc import exceptions as gx
 from grpcrpc.discovery.etcd import DiscoveryUnavailable, EtcdRegistry
 from grpcrpc.fanout import FanoutReport
 from grpcrpc.oslo import options
-from grpcrpc.oslo._bridge import Bridge, Mailbox, current_world
-from grpcrpc.oslo._client import Sender
+from grpcrpc.oslo._bridge import Bridge, Mailbox, ThreadWorld, current_world
+from grpcrpc.oslo._client import Sender, SyncSender
 from grpcrpc.oslo._wire import RemoteFailure, describe, target_fields
 from grpcrpc.oslo.listener import GrpcIncomingMessage, GrpcListener, start_server
 
@@ -108,12 +108,17 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
         call = bool(wait_for_reply)
         budget = timeout if call else self._settings.cast_timeout
         at_least_once = bool(getattr(transport_options, "at_least_once", False))
-        coro = proc.sender.send(
-            target_fields(target, message, self._default_exchange), ctxt, message["method"],
-            message.get("args") or {}, call=call, timeout=budget, retry=retry,
-            at_least_once=at_least_once)
+        fields = target_fields(target, message, self._default_exchange)
+        args = message.get("args") or {}
         try:
-            result = proc.bridge.run(coro)
+            if proc.sync_sender is not None:  # plain threads: send from this one
+                result = proc.sync_sender.send(fields, ctxt, message["method"], args, call=call,
+                                               timeout=budget, retry=retry,
+                                               at_least_once=at_least_once)
+            else:
+                result = proc.bridge.run(proc.sender.send(
+                    fields, ctxt, message["method"], args, call=call, timeout=budget,
+                    retry=retry, at_least_once=at_least_once))
         except RemoteFailure as failure:
             raise rpc_common.deserialize_remote_exception(
                 jsonutils.dumps(failure.data), self._allowed_remote_exmods) from None
@@ -206,6 +211,9 @@ class _Process:
         self.settings = settings
         self.world = current_world()
         self.bridge = Bridge(self.world, "transport")
+        # Plain threads block in gRPC's sync transport themselves; green threads must not (the
+        # hub would stall), so under eventlet sends run on the loop and green threads wait.
+        self.sync_sender = SyncSender(settings) if isinstance(self.world, ThreadWorld) else None
         self.sender = Sender(settings)
         self.listeners: list[GrpcListener] = []
         self._registry: EtcdRegistry | None = None
@@ -224,6 +232,8 @@ class _Process:
         for listener in listeners:
             listener.cleanup()
         try:
+            if self.sync_sender is not None:
+                self.sync_sender.close()
             self.bridge.run(self.sender.close(), timeout=30)
         except Exception:
             log.warning("closing the grpc:// client failed", exc_info=True)

@@ -24,7 +24,9 @@ import collections
 import itertools
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import grpc
 
@@ -35,9 +37,11 @@ from grpcrpc.discovery.base import Endpoint, Resolver
 from grpcrpc.exceptions import (
     ClientClosed,
     DeliveryError,
+    GrpcrpcError,
     MessagingTimeout,
     Unauthorized,
 )
+from grpcrpc.fanout import Failed
 from grpcrpc.generated.v1 import transport_pb2 as tpb
 from grpcrpc.target import Target
 from grpcrpc.transport.base import (
@@ -316,32 +320,52 @@ class SyncTransport(TransportBase):
 
     def _exchange(self, conn: _Conn, msg_id: str, data: bytes, timeout: float | None,
                   what: str) -> ev.Reply:
-        """One envelope out on one of `conn`'s streams, its reply back (or the reason not)."""
+        """One envelope out to `conn`, its reply back (or the reason not)."""
+        return self._start(conn, msg_id, data, timeout, what)(timeout)
+
+    def _start(self, conn: _Conn, msg_id: str, data: bytes, timeout: float | None,
+               what: str = "") -> Callable[[float | None], ev.Reply]:
+        """Send one envelope to `conn` with `timeout` to live: on one of its streams, or alone
+        as a unary RPC when large. Returns the function that waits (at most its argument, in
+        seconds) for the reply."""
+        what = what or conn.address
         if len(data) > BATCH_BYTES:
-            return self._unary(conn, data, timeout, what)
+            try:
+                future = conn.unary.future(data, timeout=timeout, metadata=self._metadata)
+            except ValueError as err:  # the channel was closed under us by close()
+                raise ClientClosed(f"{what}: {err}") from None
+            return lambda timeout: self._unary_result(future, timeout, conn, what)
         try:
             stream = conn.stream()
         except ValueError as err:  # the channel was closed under us by close()
             raise ClientClosed(f"{what}: {err}") from None
         waiter = stream.request(msg_id, data)
-        if not waiter.lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
-            if stream.forget(msg_id) is waiter:
-                raise MessagingTimeout(f"{what} @ {conn.address}: timed out")
-            waiter.lock.acquire()  # settled just now: it is released at once
-        if waiter.error is not None:
-            raise waiter.error
-        assert waiter.reply is not None
-        return waiter.reply
 
-    def _unary(self, conn: _Conn, data: bytes, timeout: float | None, what: str) -> ev.Reply:
+        def finish(timeout: float | None) -> ev.Reply:
+            if not waiter.lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+                if stream.forget(msg_id) is waiter:
+                    raise MessagingTimeout(f"{what} @ {conn.address}: timed out")
+                waiter.lock.acquire()  # settled just now: it is released at once
+            if waiter.error is not None:
+                raise waiter.error
+            assert waiter.reply is not None
+            return waiter.reply
+
+        return finish
+
+    def _unary_result(self, future: Any, timeout: float | None, conn: _Conn, what: str
+                      ) -> ev.Reply:
         try:
-            raw = conn.unary(data, timeout=timeout, metadata=self._metadata)
+            raw = future.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            future.cancel()
+            raise MessagingTimeout(f"{what} @ {conn.address}: timed out") from None
         except grpc.RpcError as err:
             if never_sent(err):
                 raise NotSent(err.details() or "") from None
             raise map_rpc_error(err, f"{what} @ {conn.address}") from None
-        except ValueError as err:  # the channel was closed under us by close()
-            raise ClientClosed(f"{what}: {err}") from None
+        except grpc.FutureCancelledError:
+            raise ClientClosed(f"{what}: cancelled") from None
         return ev.parse_reply(raw)
 
     def broadcast(self, target: Target, data: bytes, timeout: float | None, what: str
@@ -374,36 +398,46 @@ class SyncTransport(TransportBase):
             return parse_report(raw)
 
     def fanout(
-        self, endpoints: Sequence[Endpoint], data: bytes, timeout: float | None, what: str
+        self, endpoints: Sequence[Endpoint], msg_id: str, data: bytes, timeout: float | None,
+        what: str,
     ) -> fanout.FanoutReport:
-        """Send one cast envelope to every endpoint at once; who accepted it."""
+        """Send one cast envelope to every endpoint at once (each on its own endpoint's
+        stream); who accepted it."""
         check_size(data, self.options, what)
-        pending = []
-        for endpoint in endpoints:
-            conn = self._conn(endpoint.address)
-            self.balancer.begin(endpoint.address)
-            pending.append((endpoint, conn.unary.future(data, timeout=timeout,
-                                                        metadata=self._metadata)))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sent: list[tuple[Endpoint, Callable[[float | None], ev.Reply]]] = []
         failures = []
-        for endpoint, future in pending:
-            reply = None
-            error = ""
+        for endpoint in endpoints:
+            self.balancer.begin(endpoint.address)
             try:
-                reply = ev.parse_reply(future.result())
-            except grpc.RpcError as err:
-                if never_sent(err):
-                    self.balancer.ejections.eject(endpoint.address)
-                    error = f"unreachable, not sent: {err.details()}"
-                else:
-                    error = str(map_rpc_error(err, endpoint.address))
-            except Exception as err:  # InvalidEnvelope, a cancelled future
-                error = f"{type(err).__name__}: {err}"
+                sent.append((endpoint, self._start(self._conn(endpoint.address), msg_id, data,
+                                                   timeout)))
+            except (NotSent, GrpcrpcError) as err:
+                failures.append(self._fanout_failure(endpoint, err))
+                self._done(endpoint.address)
+        for endpoint, finish in sent:
+            reply = None
+            error: BaseException | None = None
+            try:
+                left = None if deadline is None else deadline - time.monotonic()
+                reply = finish(left)
+            except (NotSent, GrpcrpcError) as err:
+                error = err
             finally:
                 self._done(endpoint.address)
-            failed = fanout.failed_for(endpoint.address, endpoint.server, reply, error)
+            failed = (self._fanout_failure(endpoint, error) if error is not None
+                      else fanout.failed_for(endpoint.address, endpoint.server, reply))
             if failed is not None:
                 failures.append(failed)
-        return fanout.report(len(pending), failures)
+        return fanout.report(len(endpoints), failures)
+
+    def _fanout_failure(self, endpoint: Endpoint, err: BaseException) -> Failed:
+        if isinstance(err, NotSent):  # it could not be reached: skip it in picks for a while
+            self.balancer.ejections.eject(endpoint.address)
+            return Failed(endpoint.address, endpoint.server, f"unreachable, not sent: {err}")
+        if isinstance(err, MessagingTimeout):
+            return Failed(endpoint.address, endpoint.server, "timed out")
+        return Failed(endpoint.address, endpoint.server, f"{type(err).__name__}: {err}")
 
     def close(self) -> None:
         """Close every connection (calls in flight fail with `ClientClosed`)."""
