@@ -241,11 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     rows.append(("cast throughput (consumed)", "grpcrpc cast x256", casts["rpc"], "/s", casts["raw"],
                  False))
     print()
-    print_table(rows)
-    record("core", "table", [{"scenario": sc, "system": sy, "median": se.median, "spread": se.spread,
-                              "values": se.values, "unit": u,
-                              "ratio": se.median / ref.median if ref and ref.median else None}
-                             for sc, sy, se, u, ref, _ in rows])
+    print_table(rows, section="core")
     record("core", "sweep", {system: {str(c): {"rate": rate[(system, c)].median,
                                                "p99": p99[(system, c)].median}
                                       for c in concurrency} for system in SYSTEMS})

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bench.common import CLIENT_CORE, SERVER_CORE, Series, pin_client, run_async
+from bench.results import record
 from grpcrpc import AsyncRPCClient, Endpoint, StaticResolver, Target, TransportOptions
 from grpcrpc.broadcaster import BROADCASTER_EXCHANGE, BROADCASTER_TOPIC
 
@@ -157,6 +158,13 @@ def main(argv: list[str] | None = None) -> None:
                          for k in ("client", "1 broadcaster", "3 broadcasters"))
         print(f"{r['size']:7d} {cells} {r['cpu_per_fanout'] * 1000:15.1f} ms "
               f"{r['rss_added']:14.1f} MiB")
+    ways = ("client", "1 broadcaster", "3 broadcasters")
+    record("fanout", "times", {way: {str(r["size"]): r["series"][way].median for r in results}
+                               for way in ways})
+    record("fanout", "table", [
+        {"servers": r["size"], "cpu_per_fanout": r["cpu_per_fanout"], "rss_added_mib": r["rss_added"],
+         **{way: {"median": r["series"][way].median, "spread": r["series"][way].spread,
+                  "values": r["series"][way].values} for way in ways}} for r in results])
 
 
 if __name__ == "__main__":

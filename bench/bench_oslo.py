@@ -1,10 +1,12 @@
 """oslo.messaging over RabbitMQ vs over grpc://, side by side: the same oslo-API workload.
 
 Sequential call latency and rate, calls with 32 client threads, casts (counted when the server
-consumed them) from 32 threads, and fanout casts to 5 servers (counted when all 5 consumed
-them). Servers are oslo RPC servers (threading executor) in their own processes pinned to core
-1, with the RabbitMQ broker; the client is pinned to core 0. etcd (grpc://) is idle on the call
-path. Repetitions alternate rabbit/grpc; ratios are grpc:// to rabbit://.
+consumed them) from 32 threads, fanout casts to 5 servers (counted when all 5 consumed them),
+and the time one fanout takes to reach every one of 10 and of 100 servers (RabbitMQ's fanout
+exchange vs grpc:// from the client; each server notes when it consumed it, on the machine's
+monotonic clock). Servers are oslo RPC servers (threading executor) pinned to core 1, with the
+RabbitMQ broker; the client is pinned to core 0. etcd (grpc://) is idle on the call path.
+Repetitions alternate rabbit/grpc; ratios are grpc:// to rabbit://.
 
 RabbitMQ is Debian's `rabbitmq-server`: when it is missing, a full run installs it with apt-get
 (`--rabbitmq skip` to run grpc:// alone); `--smoke` uses it only if already installed. A broker
@@ -12,6 +14,7 @@ this run started is stopped at the end.
 
     python -m bench.bench_oslo [--smoke] [--reps N] [--rabbitmq auto|install|skip]
     python -m bench.bench_oslo serve URL TOPIC SERVER      (a server process, used by the run)
+    python -m bench.bench_oslo serve-many URL TOPIC N      (N servers in one process)
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench.common import CLIENT_CORE, SERVER_CORE, Series, busy_fraction, percentile, print_table
+from bench.results import record
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
 THREADS = 32
 FANOUT_SERVERS = 5
+WIDE_FANOUTS = (10, 100)  # servers a fanout's delivery time is measured for
 
 
 # -- the server processes ---------------------------------------------------------------------
@@ -81,6 +86,47 @@ def serve(url: str, topic: str, name: str) -> None:
     transport.cleanup()
 
 
+class Arrivals:
+    """Shared by every server of a serve-many process: when each consumed fanout `seq`."""
+
+    def __init__(self) -> None:
+        self.times: dict[int, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def mark(self, ctxt: Any, seq: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.times.setdefault(seq, []).append(now)
+
+    def arrivals(self, ctxt: Any, seq: int) -> list[float]:
+        with self._lock:
+            return list(self.times.get(seq, ()))
+
+
+def serve_many(url: str, topic: str, count: str) -> None:
+    """`count` oslo RPC servers of `topic` (w0, w1, ...) in one process, on one transport."""
+    _pin(SERVER_CORE)
+    warnings.simplefilter("ignore")
+    logging.basicConfig(level=logging.ERROR)
+    import oslo_messaging
+    from oslo_config import cfg
+
+    transport = oslo_messaging.get_rpc_transport(cfg.CONF, url=url)
+    arrivals = Arrivals()
+    servers = [oslo_messaging.get_rpc_server(
+        transport, oslo_messaging.Target(topic=topic, server=f"w{i}"), [arrivals],
+        executor="threading") for i in range(int(count))]
+    for server in servers:
+        server.start()
+    print("READY", flush=True)
+    sys.stdin.read()
+    for server in servers:
+        server.stop()
+    for server in servers:
+        server.wait()
+    transport.cleanup()
+
+
 def _pin(core: int) -> None:
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {core})
@@ -108,10 +154,14 @@ def _entry_point_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def servers(env: dict[str, str], url: str, topic: str, names: list[str]) -> Iterator[None]:
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.bench_oslo", "serve", url, topic, n],
+def servers(env: dict[str, str], url: str, topic: str, names: list[str],
+            many: int = 0) -> Iterator[None]:
+    """One process per name, or (`many`) one process with that many servers."""
+    commands = ([["serve-many", url, topic, str(many)]] if many else
+                [["serve", url, topic, n] for n in names])
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.bench_oslo", *command],
                               cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True) for n in names]
+                              text=True) for command in commands]
     try:
         for proc in procs:
             assert proc.stdout is not None
@@ -265,6 +315,22 @@ def fanouts(client: Any, names: list[str], k: int) -> float:
     return k / (time.perf_counter() - start)
 
 
+def wide_fanout(client: Any, n: int, k: int) -> float:
+    """Median time from a fanout cast until the last of `n` servers consumed it."""
+    probe = client.prepare(server="w0")
+    fan = client.prepare(fanout=True)
+    for seq in range(-3, 0):  # warm-up: connections to every server
+        fan.cast({}, "mark", seq=seq)
+        _wait_count(lambda seq=seq: len(probe.call({}, "arrivals", seq=seq)), n)
+    took = []
+    for seq in range(k):
+        start = time.monotonic()
+        fan.cast({}, "mark", seq=seq)
+        _wait_count(lambda seq=seq: len(probe.call({}, "arrivals", seq=seq)), n)
+        took.append(max(probe.call({}, "arrivals", seq=seq)) - start)
+    return percentile(took, 0.5)
+
+
 def _wait_count(read: Callable[[], int], target: int, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while read() < target:
@@ -292,6 +358,12 @@ def run_one(url: str, env: dict[str, str], args: argparse.Namespace) -> dict[str
             transport, oslo_messaging.Target(topic=fan_topic), timeout=60)
         with servers(env, url, fan_topic, names):
             result["fanout"] = fanouts(fan_client, names, args.fanouts)
+        for n in args.wide:
+            wide_topic = f"wide-{uuid.uuid4().hex[:6]}"
+            wide_client = oslo_messaging.get_rpc_client(
+                transport, oslo_messaging.Target(topic=wide_topic), timeout=60)
+            with servers(env, url, wide_topic, [], many=n):
+                result[f"wide{n}"] = wide_fanout(wide_client, n, args.wide_fanouts)
     finally:
         transport.cleanup()
     return result
@@ -302,17 +374,24 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["serve"]:
         serve(*argv[1:4])
         return
+    if argv[:1] == ["serve-many"]:
+        serve_many(*argv[1:4])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--casts", type=int, default=5000)
     parser.add_argument("--fanouts", type=int, default=300)
+    parser.add_argument("--wide-fanouts", type=int, default=20,
+                        help=f"fanouts timed for each of {WIDE_FANOUTS} servers")
     parser.add_argument("--rabbitmq", choices=["auto", "install", "skip"], default="auto",
                         help="auto: install when missing, except with --smoke")
     parser.add_argument("--smoke", action="store_true", help="tiny counts: checks it runs")
     args = parser.parse_args(argv)
+    args.wide = WIDE_FANOUTS
     if args.smoke:
         args.reps, args.calls, args.casts, args.fanouts = 1, 30, 100, 5
+        args.wide, args.wide_fanouts = (3,), 2
     mode = "install" if args.rabbitmq == "auto" and not args.smoke else args.rabbitmq
     _pin(CLIENT_CORE)
     busy = busy_fraction()
@@ -338,12 +417,16 @@ def main(argv: list[str] | None = None) -> None:
         ("threads", f"call, {THREADS} client threads", "/s"),
         ("casts", f"cast, {THREADS} threads (consumed)", "/s"),
         ("fanout", f"fanout to {FANOUT_SERVERS} servers (all consumed)", "/s"),
+        *((f"wide{n}", f"fanout reaches all {n} servers", "ms") for n in args.wide),
     ):
         ref = s.get(f"{key}_rabbit")
         if ref is not None:
             rows.append((scenario, "oslo rabbit://", ref, unit, None, unit == "ms"))
         rows.append((scenario, "oslo grpc://", s[f"{key}_grpc"], unit, ref, unit == "ms"))
-    print_table(rows)
+    print_table(rows, section="oslo")
+    record("oslo", "wide_fanout", {
+        f"oslo {system}://": {str(n): s[f"wide{n}_{system}"].median for n in args.wide}
+        for system in ("rabbit", "grpc") if f"wide{args.wide[0]}_{system}" in s})
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         for m in MODES:
             rows.append((scenario, m, results[m][key], unit, None if m == "plaintext" else base[key],
                          key == "p50"))
-    print_table(rows)
+    print_table(rows, section="security")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         for m in MODES:
             rows.append((scenario, labels[m], results[m][key], unit,
                          None if m == "off" else off[key], key == "p50"))
-    print_table(rows)
+    print_table(rows, section="tracing")
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         ("call, 64 in flight, asyncio", "dict AsyncRPCClient", s["c64_dict"], "/s", None, False),
         ("call, 64 in flight, asyncio", "typed AsyncScheduler", s["c64_typed"], "/s", s["c64_dict"],
          False),
-    ])
+    ], section="typed")
 
 
 if __name__ == "__main__":

@@ -100,8 +100,20 @@ def fmt(value: float, unit: str) -> str:
     return f"{value:.0f} /s"
 
 
-def print_table(rows: list[tuple[str, str, Series, str, Series | None, bool]]) -> None:
-    """rows: (scenario, system, series, unit, reference series or None, lower_is_better)."""
+Row = tuple[str, str, Series, str, "Series | None", bool]
+
+
+def print_table(rows: list[Row], section: str | None = None) -> None:
+    """rows: (scenario, system, series, unit, reference series or None, lower_is_better).
+    With `section`, the rows also go into the results JSON (bench/results.py)."""
+    if section is not None:
+        from bench.results import record
+
+        record(section, "table", [
+            {"scenario": sc, "system": sy, "median": se.median, "spread": se.spread,
+             "values": se.values, "unit": unit,
+             "ratio": se.median / ref.median if ref is not None and ref.median else None}
+            for sc, sy, se, unit, ref, _ in rows])
     print(f"{'scenario':34} {'system':22} {'median':>12} {'spread':>7} {'vs ref':>8}")
     print("-" * 87)
     for scenario, system, series, unit, ref, _lower in rows:

@@ -60,13 +60,16 @@ def plot(json_path: pathlib.Path) -> pathlib.Path | None:
     ax.set_title("latency CDF, sequential calls")
     ax.legend(fontsize=7)
     ax = axes[2]
-    fanout = data.get("fanout", {}).get("times", {})
+    fanout = dict(data.get("fanout", {}).get("times", {}))
+    # oslo's API through each transport: from cast() until the last server consumed it.
+    for system, points in data.get("oslo", {}).get("wide_fanout", {}).items():
+        fanout[f"{system} (all consumed)"] = points
     for way, points in sorted(fanout.items()):
         xs = sorted(int(n) for n in points)
         ax.plot(xs, [points[str(n)] * 1000 for n in xs], marker="o", label=way)
     ax.set_xscale("log")
     ax.set_xlabel("servers")
-    ax.set_ylabel("time to delivery report (ms, median)")
+    ax.set_ylabel("time to deliver (ms, median)")
     ax.set_title("fanout")
     ax.legend(fontsize=7)
     fig.tight_layout()
