@@ -345,6 +345,13 @@ def run_one(url: str, env: dict[str, str], args: argparse.Namespace) -> dict[str
 
     topic, fan_topic = f"bench-{uuid.uuid4().hex[:6]}", f"fan-{uuid.uuid4().hex[:6]}"
     names = [f"f{i}" for i in range(FANOUT_SERVERS)]
+    if url.startswith("rabbit"):
+        # Fair to the broker: a connection pool for every client thread (its default, 30, is
+        # below the 32 threads and made callers wait for connections).
+        from oslo_messaging._drivers import impl_rabbit
+
+        cfg.CONF.register_opts(impl_rabbit.rabbit_opts, group="oslo_messaging_rabbit")
+        cfg.CONF.set_override("rpc_conn_pool_size", 2 * THREADS, group="oslo_messaging_rabbit")
     transport = oslo_messaging.get_rpc_transport(cfg.CONF, url=url)
     result: dict[str, float] = {}
     try:
