@@ -30,7 +30,7 @@ import grpc.aio
 
 from grpcrpc import envelope as ev
 from grpcrpc import fanout
-from grpcrpc._errors import map_rpc_error, never_sent
+from grpcrpc._errors import map_rpc_error
 from grpcrpc.discovery.base import Endpoint, Resolver
 from grpcrpc.exceptions import (
     ClientClosed,
@@ -55,6 +55,7 @@ from grpcrpc.transport.base import (
     check_size,
     fanout_request,
     parse_report,
+    rpc_failure,
 )
 from grpcrpc.transport.batching import BATCH_BYTES, Outbox
 
@@ -89,9 +90,7 @@ class _Stream:
                 await self._call.wait_for_connection()
             except grpc.RpcError as err:
                 self.broken = True
-                if never_sent(err):
-                    raise NotSent(err.details() or "") from None
-                raise map_rpc_error(err, f"stream @ {self.address}") from None
+                raise rpc_failure(err, f"stream @ {self.address}") from None
             self._reader = asyncio.get_running_loop().create_task(self._read())
             self._opened = True
 
@@ -307,9 +306,7 @@ class AsyncTransport(TransportBase):
         try:
             raw = await conn.unary(data, timeout=timeout, metadata=self._metadata or None)
         except grpc.RpcError as err:
-            if never_sent(err):
-                raise NotSent(err.details() or "") from None
-            raise map_rpc_error(err, f"{what} @ {conn.address}") from None
+            raise rpc_failure(err, f"{what} @ {conn.address}") from None
         return ev.parse_reply(raw)
 
     async def broadcast(self, target: Target, data: bytes, timeout: float | None, what: str
@@ -341,9 +338,7 @@ class AsyncTransport(TransportBase):
         try:
             raw = await conn.fanout(request, timeout=timeout, metadata=self._metadata or None)
         except grpc.RpcError as err:
-            if never_sent(err):
-                raise NotSent(err.details() or "") from None
-            raise map_rpc_error(err, f"{what} @ {address}") from None
+            raise rpc_failure(err, f"{what} @ {address}") from None
         finally:
             self._done(address)
         return parse_report(raw)

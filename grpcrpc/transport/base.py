@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+
 from grpcrpc import envelope as ev
-from grpcrpc._errors import tls_refused
+from grpcrpc._errors import map_rpc_error, never_sent, tls_refused
 from grpcrpc.balancer import Balancer, Policy
 from grpcrpc.credentials import ClientTLS
 from grpcrpc.discovery.base import DEFAULT_AZ, DEFAULT_EXCHANGE, Endpoint, Resolver, RoutingTable
@@ -47,6 +49,7 @@ __all__ = [
     "check_size",
     "fanout_request",
     "parse_report",
+    "rpc_failure",
 ]
 
 BATCHES_METHOD = "/grpcrpc.v1.Transport/Batches"
@@ -227,6 +230,14 @@ def _describe(target: Target, opts: TransportOptions) -> str:
 
 class NotSent(Exception):
     """Internal: the message provably did not leave (the connection never opened)."""
+
+
+def rpc_failure(err: grpc.RpcError, what: str) -> Exception:
+    """What a failed RPC means for its message: `NotSent` when it provably never left (another
+    endpoint may take it), else the grpcrpc error for it."""
+    if never_sent(err):
+        return NotSent(err.details() or "")
+    return map_rpc_error(err, what)
 
 
 class Attempts:

@@ -58,6 +58,7 @@ from grpcrpc.transport.base import (
     check_size,
     fanout_request,
     parse_report,
+    rpc_failure,
 )
 from grpcrpc.transport.batching import BATCH_BYTES, frame
 
@@ -156,11 +157,8 @@ class _Stream:
                     waiter = pending.pop(reply.id, None)
                     if waiter is not None:
                         waiter.settle(reply)
-        except grpc.RpcError as err:
-            if never_sent(err):  # the stream never connected: nothing on it left
-                failure = NotSent(err.details() or "")
-            else:
-                failure = map_rpc_error(err, f"stream @ {self.address}")
+        except grpc.RpcError as err:  # NotSent if the stream never connected
+            failure = rpc_failure(err, f"stream @ {self.address}")
         except Exception as err:
             failure = DeliveryError(f"stream @ {self.address}: {type(err).__name__}: {err}")
         finally:
@@ -361,9 +359,7 @@ class SyncTransport(TransportBase):
             future.cancel()
             raise MessagingTimeout(f"{what} @ {conn.address}: timed out") from None
         except grpc.RpcError as err:
-            if never_sent(err):
-                raise NotSent(err.details() or "") from None
-            raise map_rpc_error(err, f"{what} @ {conn.address}") from None
+            raise rpc_failure(err, f"{what} @ {conn.address}") from None
         except grpc.FutureCancelledError:
             raise ClientClosed(f"{what}: cancelled") from None
         return ev.parse_reply(raw)
