@@ -64,6 +64,8 @@ from grpcrpc.transport.batching import BATCH_BYTES, frame
 
 __all__ = ["SyncTransport"]
 
+# A client-side fanout to more servers than this sends unary RPCs instead of using streams.
+STREAM_FANOUT_LIMIT = 64
 _Item = tuple[bytes, str | None]  # an envelope, and the id of the caller waiting for its reply
 _END: _Item = (b"", None)  # the queue's last item (compared by identity): the stream half-closes
 
@@ -322,12 +324,12 @@ class SyncTransport(TransportBase):
         return self._start(conn, msg_id, data, timeout, what)(timeout)
 
     def _start(self, conn: _Conn, msg_id: str, data: bytes, timeout: float | None,
-               what: str = "") -> Callable[[float | None], ev.Reply]:
+               what: str = "", *, unary: bool = False) -> Callable[[float | None], ev.Reply]:
         """Send one envelope to `conn` with `timeout` to live: on one of its streams, or alone
-        as a unary RPC when large. Returns the function that waits (at most its argument, in
-        seconds) for the reply."""
+        as a unary RPC when large (or `unary`). Returns the function that waits (at most its
+        argument, in seconds) for the reply."""
         what = what or conn.address
-        if len(data) > BATCH_BYTES:
+        if unary or len(data) > BATCH_BYTES:
             try:
                 future = conn.unary.future(data, timeout=timeout, metadata=self._metadata)
             except ValueError as err:  # the channel was closed under us by close()
@@ -397,9 +399,14 @@ class SyncTransport(TransportBase):
         self, endpoints: Sequence[Endpoint], msg_id: str, data: bytes, timeout: float | None,
         what: str,
     ) -> fanout.FanoutReport:
-        """Send one cast envelope to every endpoint at once (each on its own endpoint's
-        stream); who accepted it."""
+        """Send one cast envelope to every endpoint at once; who accepted it.
+
+        To a few servers it goes on each one's stream (kept for the next message); to many,
+        as one unary RPC each: a stream holds two threads here (its reader and gRPC's writer),
+        which a client fanning out to a thousand servers should not start.
+        """
         check_size(data, self.options, what)
+        unary = len(endpoints) > STREAM_FANOUT_LIMIT
         deadline = None if timeout is None else time.monotonic() + timeout
         sent: list[tuple[Endpoint, Callable[[float | None], ev.Reply]]] = []
         failures = []
@@ -407,7 +414,7 @@ class SyncTransport(TransportBase):
             self.balancer.begin(endpoint.address)
             try:
                 sent.append((endpoint, self._start(self._conn(endpoint.address), msg_id, data,
-                                                   timeout)))
+                                                   timeout, unary=unary)))
             except (NotSent, GrpcrpcError) as err:
                 failures.append(self._fanout_failure(endpoint, err))
                 self._done(endpoint.address)

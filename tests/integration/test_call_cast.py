@@ -13,6 +13,7 @@ import grpcrpc
 from grpcrpc import Target, TransportOptions
 from grpcrpc.serializer import NoOpSerializer
 from grpcrpc.testing import AsyncClientFor, ClientFor, Cluster
+from grpcrpc.transport import sync as sync_transport
 from tests.conftest import wait_until
 
 
@@ -109,16 +110,22 @@ def test_directed_messages_reach_only_the_named_server() -> None:
             client.prepare(server="nope").call({}, "whoami")
 
 
-def test_fanout_reaches_every_server_once_and_reports() -> None:
+@pytest.mark.parametrize("stream_limit", [64, 2], ids=["on streams", "unary, many servers"])
+def test_fanout_reaches_every_server_once_and_reports(
+        stream_limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sync_transport, "STREAM_FANOUT_LIMIT", stream_limit)
     with Cluster() as cluster:
         computes = [Compute(f"h{i}") for i in range(5)]
         for ep in computes:
             cluster.serve(Target(topic="compute", server=ep.name), [ep])
         cluster.serve(Target(topic="other", server="x"), [Compute("x")])
-        client = cluster.client(Target(topic="compute"))
+        client = cluster.client(Target(topic="compute"),
+                                TransportOptions(use_broadcaster=False))
         report = client.prepare(fanout=True).cast({}, "update", n=7)
         assert report == grpcrpc.FanoutReport(targets=5, delivered=5)
         wait_until(lambda: all(c.received == [("update", 7)] for c in computes), what="fanout")
+        streams = [s for conn in client.transport._conns.values() for s in conn._streams if s]
+        assert len(streams) == (5 if stream_limit >= 5 else 0)
         empty = client.prepare(topic="nobody", fanout=True).cast({}, "update", n=1)
         assert empty == grpcrpc.FanoutReport(targets=0, delivered=0)
 
