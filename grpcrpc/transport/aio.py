@@ -37,7 +37,6 @@ from grpcrpc.exceptions import (
     DeliveryError,
     GrpcrpcError,
     MessagingTimeout,
-    Unauthorized,
 )
 from grpcrpc.generated.v1 import transport_pb2 as tpb
 from grpcrpc.target import Target
@@ -50,6 +49,7 @@ from grpcrpc.transport.base import (
     TransportBase,
     TransportOptions,
     broadcaster_target,
+    broken_stream_error,
     call_metadata,
     channel_options,
     check_size,
@@ -147,9 +147,7 @@ class _Stream:
         finally:
             self.broken = True
             pending, self._pending = self._pending, {}
-            # An authorisation failure says so; anything else leaves delivery in doubt.
-            error = failure if isinstance(failure, Unauthorized) else DeliveryError(
-                f"{failure}; the message may or may not have been delivered")
+            error = broken_stream_error(failure)
             for fut in pending.values():
                 if not fut.done():
                     fut.set_exception(error)

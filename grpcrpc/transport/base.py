@@ -23,6 +23,8 @@ from grpcrpc.balancer import Balancer, Policy
 from grpcrpc.credentials import ClientTLS
 from grpcrpc.discovery.base import DEFAULT_AZ, DEFAULT_EXCHANGE, Endpoint, Resolver, RoutingTable
 from grpcrpc.exceptions import (
+    ClientClosed,
+    DeliveryError,
     InvalidEnvelope,
     MessageTooLarge,
     MessagingTimeout,
@@ -44,6 +46,7 @@ __all__ = [
     "TransportBase",
     "TransportOptions",
     "broadcaster_target",
+    "broken_stream_error",
     "call_metadata",
     "channel_options",
     "check_size",
@@ -230,6 +233,15 @@ def _describe(target: Target, opts: TransportOptions) -> str:
 
 class NotSent(Exception):
     """Internal: the message provably did not leave (the connection never opened)."""
+
+
+def broken_stream_error(failure: BaseException) -> BaseException:
+    """What the messages written on a stream that then broke hear: a failure that says nothing
+    reached the server (never connected, not authorised, closed by this client) as it is;
+    anything else leaves delivery in doubt."""
+    if isinstance(failure, (NotSent, Unauthorized, ClientClosed)):
+        return failure
+    return DeliveryError(f"{failure}; the message may or may not have been delivered")
 
 
 def rpc_failure(err: grpc.RpcError, what: str) -> Exception:

@@ -39,7 +39,6 @@ from grpcrpc.exceptions import (
     DeliveryError,
     GrpcrpcError,
     MessagingTimeout,
-    Unauthorized,
 )
 from grpcrpc.fanout import Failed
 from grpcrpc.generated.v1 import transport_pb2 as tpb
@@ -53,6 +52,7 @@ from grpcrpc.transport.base import (
     TransportBase,
     TransportOptions,
     broadcaster_target,
+    broken_stream_error,
     call_metadata,
     channel_options,
     check_size,
@@ -180,11 +180,7 @@ class _Stream:
                     unsent.add(item[1])
             self._queue.put(_END)  # release gRPC's writer if it waits for more
             pending, self._pending = self._pending, {}
-        error: BaseException
-        if isinstance(failure, (NotSent, Unauthorized, ClientClosed)):
-            error = failure
-        else:  # anything else leaves delivery in doubt
-            error = DeliveryError(f"{failure}; the message may or may not have been delivered")
+        error = broken_stream_error(failure)
         for msg_id, waiter in pending.items():
             if msg_id in unsent:
                 waiter.settle(None, NotSent(f"stream @ {self.address} broke before sending"))
