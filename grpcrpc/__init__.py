@@ -7,6 +7,7 @@ import logging
 
 from grpcrpc.client import UNSET, AsyncRPCClient, RPCClient
 from grpcrpc.credentials import ClientTLS, ServerTLS
+from grpcrpc.deadline import Incoming, current_message, remaining_time
 from grpcrpc.discovery import Endpoint, MemoryDiscovery, StaticResolver
 from grpcrpc.exceptions import (
     ClientClosed,
@@ -50,6 +51,7 @@ __all__ = [
     "Failed",
     "FanoutReport",
     "GrpcrpcError",
+    "Incoming",
     "InvalidEnvelope",
     "Limits",
     "MemoryDiscovery",
@@ -75,4 +77,6 @@ __all__ = [
     "UnsupportedVersion",
     "VersionCapError",
     "__version__",
+    "current_message",
+    "remaining_time",
 ]

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Self, TypeVar
 
 from google.protobuf.message import Message
 
 from grpcrpc import envelope as ev
 from grpcrpc import tracing
+from grpcrpc.deadline import effective_timeout, remaining_time
 from grpcrpc.discovery.base import Resolver
 from grpcrpc.exceptions import InvalidEnvelope, NoEndpoints, SerializationError, VersionCapError
 from grpcrpc.fanout import FanoutReport
@@ -34,7 +35,7 @@ from grpcrpc.transport.aio import AsyncTransport
 from grpcrpc.transport.base import TransportOptions
 from grpcrpc.transport.sync import SyncTransport
 
-__all__ = ["UNSET", "AsyncRPCClient", "RPCClient", "Unset"]
+__all__ = ["UNSET", "AsyncRPCClient", "FailureMapper", "RPCClient", "Unset"]
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -51,6 +52,10 @@ UNSET = Unset.UNSET
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
 _Transport = TypeVar("_Transport", SyncTransport, AsyncTransport)
+
+# Turns an endpoint's failure (a `REMOTE` wire `Failure`) into the exception the caller raises;
+# None leaves it to grpcrpc (`RemoteError`, or the remote type when its module is allowed).
+FailureMapper = Callable[[ev.Failure], BaseException | None]
 
 
 def _pick(value: T | Unset, current: T) -> T:
@@ -69,6 +74,7 @@ class _ClientBase:
         serializer: Serializer | None,
         retry: int | None,
         allowed_remote_exmods: Iterable[str],
+        failure_mapper: FailureMapper | None = None,
     ) -> None:
         if retry is not None and retry < 0:
             raise ValueError("retry must be >= 0 (or None for the transport's default)")
@@ -88,6 +94,7 @@ class _ClientBase:
         self._plain_entities = type(self.serializer) is NoOpSerializer
         self.retry = retry
         self.allowed_remote_exmods = frozenset(allowed_remote_exmods)
+        self.failure_mapper = failure_mapper
         self._wire_targets: dict[tuple[str, str], ev.WireTarget] = {}
 
     def _copy(self, **changes: Any) -> Self:
@@ -172,9 +179,14 @@ class _ClientBase:
             raise SerializationError(f"expected a protobuf message, got {type(request).__name__}")
         return ev.pack_message(request)
 
+    def _timeout_now(self, method: str) -> float | None:
+        """This message's timeout: the client's, cut to what remains of the deadline of the
+        message being served, if any (`MessagingTimeout` when nothing remains: not sent)."""
+        return effective_timeout(self.timeout, remaining_time(), self._what(method))
+
     def _envelope(
         self, ctxt: Any, method: str, args: ev.Payload, *, cast: bool, msg_id: str,
-        exchange: str, headers: dict[str, str], own_az: str = "",
+        exchange: str, headers: dict[str, str], timeout: float | None, own_az: str = "",
     ) -> bytes:
         if not method or not isinstance(method, str):
             raise ValueError("method must be a non-empty string")
@@ -198,7 +210,7 @@ class _ClientBase:
             cast=cast,
             fanout=self.target.fanout,
             context=context,
-            timeout_ms=0 if self.timeout is None else ev.timeout_ms(self.timeout),
+            timeout_ms=0 if timeout is None else ev.timeout_ms(timeout),
         )
         if headers:
             env.headers.update(headers)
@@ -217,6 +229,11 @@ class _ClientBase:
             value = ev.decode_json(payload.json, "result")
             return value if self._plain_entities else self.serializer.deserialize_entity(ctxt, value)
         if kind == "failure":
+            failure = reply.failure
+            if self.failure_mapper is not None and failure.code == ev.ErrorCode.REMOTE:
+                mapped = self.failure_mapper(failure)
+                if mapped is not None:
+                    raise mapped
             raise ev.exception_from_failure(
                 reply.failure, method, self.target.version or "", self.allowed_remote_exmods
             )
@@ -262,6 +279,12 @@ class RPCClient(_ClientBase):
     Give it a `Resolver` (it then owns a `SyncTransport`) or a transport shared between clients.
     Thread-safe: one client serves any number of threads.
 
+    Inside an endpoint, every call and cast waits at most what remains of the deadline of the
+    message being served (`grpcrpc.remaining_time()`), and fails at once with
+    `MessagingTimeout`, unsent, when nothing remains. `failure_mapper(failure)` may turn an
+    endpoint's failure (the wire `Failure` of a `REMOTE` reply) into the exception to raise
+    (None: grpcrpc's own mapping).
+
     >>> from grpcrpc.discovery import StaticResolver
     >>> client = RPCClient(StaticResolver([]), Target(topic="scheduler"))
     >>> # client.call({}, "select_destinations", spec={"vcpus": 2})
@@ -279,10 +302,12 @@ class RPCClient(_ClientBase):
         retry: int | None = None,
         allowed_remote_exmods: Iterable[str] = (),
         options: TransportOptions | None = None,
+        failure_mapper: FailureMapper | None = None,
     ) -> None:
         super().__init__(
             target, timeout=timeout, version_cap=version_cap, serializer=serializer,
             retry=retry, allowed_remote_exmods=allowed_remote_exmods,
+            failure_mapper=failure_mapper,
         )
         self.transport, self._owns_transport = _transport_for(transport, SyncTransport, options)
         self._new_id = ev.id_factory()
@@ -314,10 +339,10 @@ class RPCClient(_ClientBase):
         t = self.transport
         msg_id = self._new_id()
         with self._span("call", method, msg_id) as headers:
+            timeout = self._timeout_now(method)
             data = self._envelope(ctxt, method, args, cast=False, msg_id=msg_id,
-                                  exchange=t.options.exchange, headers=headers)
-            reply = t.request(self.target, msg_id, data, self.timeout, self._what(method),
-                              self.retry)
+                                  exchange=t.options.exchange, headers=headers, timeout=timeout)
+            reply = t.request(self.target, msg_id, data, timeout, self._what(method), self.retry)
             return self._result(ctxt, method, reply, response_type)
 
     def _cast(self, ctxt: Any, method: str, args: ev.Payload) -> FanoutReport | None:
@@ -328,17 +353,19 @@ class RPCClient(_ClientBase):
     def _send_cast(self, ctxt: Any, method: str, args: ev.Payload, msg_id: str,
                    headers: dict[str, str]) -> FanoutReport | None:
         t = self.transport
+        timeout = self._timeout_now(method)
         data = self._envelope(ctxt, method, args, cast=True, msg_id=msg_id,
-                              exchange=t.options.exchange, headers=headers, own_az=t.options.az)
+                              exchange=t.options.exchange, headers=headers, timeout=timeout,
+                              own_az=t.options.az)
         if self.target.fanout:
             what = self._what(method)
             if t.options.use_broadcaster:
                 try:
-                    return t.broadcast(self.target, data, self.timeout, what)
+                    return t.broadcast(self.target, data, timeout, what)
                 except NoEndpoints as err:
                     self._check_fallback(err)
-            return t.fanout(t.fanout_targets(self.target), msg_id, data, self.timeout, what)
-        reply = t.request(self.target, msg_id, data, self.timeout, self._what(method), self.retry)
+            return t.fanout(t.fanout_targets(self.target), msg_id, data, timeout, what)
+        reply = t.request(self.target, msg_id, data, timeout, self._what(method), self.retry)
         self._result(ctxt, method, reply)
         return None
 
@@ -377,10 +404,12 @@ class AsyncRPCClient(_ClientBase):
         retry: int | None = None,
         allowed_remote_exmods: Iterable[str] = (),
         options: TransportOptions | None = None,
+        failure_mapper: FailureMapper | None = None,
     ) -> None:
         super().__init__(
             target, timeout=timeout, version_cap=version_cap, serializer=serializer,
             retry=retry, allowed_remote_exmods=allowed_remote_exmods,
+            failure_mapper=failure_mapper,
         )
         self.transport, self._owns_transport = _transport_for(transport, AsyncTransport, options)
         self._new_id = ev.id_factory()
@@ -410,10 +439,11 @@ class AsyncRPCClient(_ClientBase):
         t = self.transport
         msg_id = self._new_id()
         with self._span("call", method, msg_id) as headers:
+            timeout = self._timeout_now(method)
             data = self._envelope(ctxt, method, args, cast=False, msg_id=msg_id,
-                                  exchange=t.options.exchange, headers=headers)
+                                  exchange=t.options.exchange, headers=headers, timeout=timeout)
             reply = await t.request(
-                self.target, msg_id, data, self.timeout, self._what(method), self.retry
+                self.target, msg_id, data, timeout, self._what(method), self.retry
             )
             return self._result(ctxt, method, reply, response_type)
 
@@ -425,19 +455,21 @@ class AsyncRPCClient(_ClientBase):
     async def _send_cast(self, ctxt: Any, method: str, args: ev.Payload, msg_id: str,
                          headers: dict[str, str]) -> FanoutReport | None:
         t = self.transport
+        timeout = self._timeout_now(method)
         data = self._envelope(ctxt, method, args, cast=True, msg_id=msg_id,
-                              exchange=t.options.exchange, headers=headers, own_az=t.options.az)
+                              exchange=t.options.exchange, headers=headers, timeout=timeout,
+                              own_az=t.options.az)
         if self.target.fanout:
             what = self._what(method)
             if t.options.use_broadcaster:
                 try:
-                    return await t.broadcast(self.target, data, self.timeout, what)
+                    return await t.broadcast(self.target, data, timeout, what)
                 except NoEndpoints as err:
                     self._check_fallback(err)
             endpoints = t.fanout_targets(self.target)
-            return await t.fanout(endpoints, msg_id, data, self.timeout, what)
+            return await t.fanout(endpoints, msg_id, data, timeout, what)
         reply = await t.request(
-            self.target, msg_id, data, self.timeout, self._what(method), self.retry
+            self.target, msg_id, data, timeout, self._what(method), self.retry
         )
         self._result(ctxt, method, reply)
         return None

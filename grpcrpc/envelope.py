@@ -164,8 +164,15 @@ def wire_target(target: Target, exchange: str = "", az: str = "") -> pb.Target:
 
 
 def timeout_ms(seconds: float) -> int:
-    """A timeout as the envelope's uint32 milliseconds (clamped)."""
-    return max(0, min(int(seconds * 1000), 2**32 - 1))
+    """A timeout as the envelope's uint32 milliseconds (clamped). Rounded down, so a chain of
+    hops never adds to its budget, but never to 0 (which means "no deadline") while any remains.
+
+    >>> timeout_ms(1.5), timeout_ms(0.0004), timeout_ms(0)
+    (1500, 1, 0)
+    """
+    if seconds <= 0:
+        return 0
+    return max(1, min(int(seconds * 1000), 2**32 - 1))
 
 
 def build_envelope(
@@ -267,6 +274,13 @@ def failure_from_exception(
         args_json = _dumps(list(error.args)).encode()
     except (TypeError, ValueError, RecursionError):
         args_json = b""
+    kwargs = getattr(error, "kwargs", None)
+    kwargs_json = b""
+    if isinstance(kwargs, dict) and kwargs:
+        try:
+            kwargs_json = _dumps(kwargs).encode()
+        except (TypeError, ValueError, RecursionError):
+            kwargs_json = b""  # the caller then rebuilds it from its args alone
     tb: Iterable[str] = ()
     if with_traceback and code == pb.REMOTE:
         tb = traceback.format_exception(cls, error, error.__traceback__)
@@ -277,6 +291,7 @@ def failure_from_exception(
         message=str(error),
         traceback=[line.rstrip("\n") for line in tb],
         args_json=args_json,
+        kwargs_json=kwargs_json,
     )
 
 
@@ -293,10 +308,11 @@ def _rebuild(failure: pb.Failure, allowed: frozenset[str]) -> BaseException | No
     if not isinstance(cls, type) or not issubclass(cls, Exception):
         return None
     args = decode_json(failure.args_json) if failure.args_json else [failure.message]
-    if not isinstance(args, list):
+    kwargs = decode_json(failure.kwargs_json) if failure.kwargs_json else {}
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
         return None
     try:
-        error = cls(*args)
+        error = cls(*args, **kwargs)
     except Exception:  # a constructor that wants other arguments: fall back to RemoteError
         return None
     # Some exception types refuse new attributes; the traceback is then only in RemoteError.

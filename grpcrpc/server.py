@@ -54,6 +54,9 @@ class RPCServer:
             "openstack".
         endpoints: objects whose public methods are callable as `method(ctxt, **kwargs)`;
             coroutine methods run on the loop, plain ones in the thread pool.
+        dispatcher: instead of `endpoints`, a ready `Dispatcher` (or subclass) that finds the
+            method for each message — for frameworks with dispatch rules of their own, such as
+            the oslo.messaging driver, which hands every message to oslo's dispatcher.
         registry: where to announce the endpoint (None: announce nowhere, e.g. static tables).
         host, port: where to bind (port 0: an ephemeral port); `port_range=(lo, hi)` picks a
             free port in a range instead (firewalled hosts).
@@ -68,8 +71,9 @@ class RPCServer:
     def __init__(
         self,
         target: Target,
-        endpoints: Sequence[Any],
+        endpoints: Sequence[Any] = (),
         *,
+        dispatcher: Dispatcher | None = None,
         registry: Registry | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -89,6 +93,10 @@ class RPCServer:
             raise ValueError("a server target needs a topic")
         if target.version is not None:
             parse_version(target.version)
+        if dispatcher is None:
+            dispatcher = Dispatcher(endpoints, Target(namespace=None, version=None))
+        elif endpoints:
+            raise ValueError("give a server endpoints or a dispatcher, not both")
         self.target = target.replace(
             server=target.server or socket.gethostname(),
             exchange=target.exchange or DEFAULT_EXCHANGE,
@@ -102,7 +110,7 @@ class RPCServer:
         self._servicer = EnvelopeServicer(
             Identity(self.target.exchange or "", self.target.topic or "",
                      self.target.server or "", az),
-            Dispatcher(endpoints, Target(namespace=None, version=None)),
+            dispatcher,
             serializer or NoOpSerializer(),
             self.limits,
             send_tracebacks=send_tracebacks,

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from grpcrpc import envelope as ev
 from grpcrpc import tracing
 from grpcrpc.auth import ServerAuth
+from grpcrpc.deadline import Incoming, reset_current_message, set_current_message
 from grpcrpc.dispatcher import Dispatcher, Handler
 from grpcrpc.exceptions import GrpcrpcError, InvalidEnvelope, NoSuchMethod, UnsupportedVersion
 from grpcrpc.generated.v1 import transport_pb2 as tpb
@@ -84,7 +85,8 @@ class Identity:
 
 
 class _Expired(Exception):
-    """A call's deadline passed while it waited for a thread: nobody waits for its answer."""
+    """A call's deadline passed before its endpoint finished (while it waited for a thread, or
+    while its coroutine ran): nobody waits for its answer."""
 
 
 class EnvelopeServicer:
@@ -322,6 +324,7 @@ class EnvelopeServicer:
 
     async def _run(self, env: ev.Envelope, ticket: _Ticket) -> ev.Reply:
         """Run an admitted envelope (releasing its ticket); a cast is only started."""
+        incoming = Incoming.received(env.id, env.method, cast=env.cast, timeout_ms=env.timeout_ms)
         try:
             ctxt, args, kwargs = self._decode(env, ticket.handler)
         except Exception as err:
@@ -329,7 +332,7 @@ class EnvelopeServicer:
             return ev.Reply(id=env.id, failure=self._failure(err))
         if env.cast:
             task = asyncio.get_running_loop().create_task(
-                self._cast(env, ticket, ctxt, args, kwargs)
+                self._cast(env, ticket, ctxt, args, kwargs, incoming)
             )
             self._casts.add(task)
             task.add_done_callback(self._casts.discard)
@@ -339,11 +342,10 @@ class EnvelopeServicer:
         with tracing.server_span(env.headers, me.topic, env.method, env.id, cast=False,
                                  server=me.server, az=me.az) as span:
             try:
-                result = await self._invoke(ticket, ctxt, args, kwargs, env.timeout_ms)
-            except _Expired:
-                tracing.mark_failed(span, "Expired", "deadline passed while queued")
-                return ev.reply_failure(env.id, ev.ErrorCode.EXPIRED,
-                                        "deadline passed while queued")
+                result = await self._invoke(ticket, ctxt, args, kwargs, incoming)
+            except _Expired as expired:
+                tracing.mark_failed(span, "Expired", str(expired))
+                return ev.reply_failure(env.id, ev.ErrorCode.EXPIRED, str(expired))
             except Exception as err:
                 log.info("%s.%s raised %s: %s", env.target.topic, env.method,
                          type(err).__name__, err, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -371,13 +373,13 @@ class EnvelopeServicer:
 
     async def _cast(
         self, env: ev.Envelope, ticket: _Ticket, ctxt: Any, args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        kwargs: dict[str, Any], incoming: Incoming,
     ) -> None:
         me = self.identity
         with tracing.server_span(env.headers, me.topic, env.method, env.id, cast=True,
                                  fanout=env.fanout, server=me.server, az=me.az) as span:
             try:
-                await self._invoke(ticket, ctxt, args, kwargs, 0)
+                await self._invoke(ticket, ctxt, args, kwargs, incoming)
             except asyncio.CancelledError:
                 log.warning("cast %s.%s cancelled at shutdown", env.target.topic, env.method)
                 tracing.mark_failed(span, "CancelledError", "cancelled at shutdown")
@@ -416,30 +418,81 @@ class EnvelopeServicer:
 
     async def _invoke(
         self, ticket: _Ticket, ctxt: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-        timeout_ms: int,
+        incoming: Incoming,
     ) -> Any:
-        """Run the endpoint: a coroutine on the loop, a function in the pool (skipped there if
-        the caller's `timeout_ms`, counted from now, passes while it queues)."""
+        """Run the endpoint with `incoming` as the ambient message: a coroutine on the loop,
+        cancelled when its caller's deadline passes; a function in the pool, skipped there if
+        the deadline passes while it queues (a thread cannot be stopped: the deadline its
+        nested calls inherit is what ends its work)."""
         handler = ticket.handler
-        if handler.is_async:
-            try:
-                return await handler.func(ctxt, *args, **kwargs)
-            finally:
-                self._release(ticket)
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+        token = set_current_message(incoming)
         try:
-            # The thread runs in a copy of this task's context: the trace (and anything else in
-            # contextvars) follows the call into plain-function endpoints.
+            if handler.is_async:
+                try:
+                    return await self._run_async(handler, ctxt, args, kwargs, incoming)
+                finally:
+                    self._release(ticket)
+            return await self._run_in_pool(ticket, ctxt, args, kwargs, incoming.deadline)
+        finally:
+            reset_current_message(token)
+
+    @staticmethod
+    async def _run_async(handler: Handler, ctxt: Any, args: tuple[Any, ...],
+                         kwargs: dict[str, Any], incoming: Incoming) -> Any:
+        left = incoming.remaining()
+        if left is None:
+            return await handler.func(ctxt, *args, **kwargs)
+        deadline = asyncio.timeout(left)
+        try:
+            async with deadline:
+                return await handler.func(ctxt, *args, **kwargs)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the endpoint's own timeout, not its caller's deadline
+            raise _Expired("deadline passed while running") from None
+
+    async def _run_in_pool(self, ticket: _Ticket, ctxt: Any, args: tuple[Any, ...],
+                           kwargs: dict[str, Any], deadline: float | None) -> Any:
+        handler = ticket.handler
+        loop = asyncio.get_running_loop()
+        try:
+            # The thread runs in a copy of this task's context: the trace and the message being
+            # served (its deadline) follow the call into plain-function endpoints.
             cf = self._executor.submit(contextvars.copy_context().run, _run_sync, handler.func,
                                        ctxt, args, kwargs, deadline)
         except RuntimeError:  # the pool was shut down under us
             self._release(ticket)
             raise
-        # Release when the thread is really done, not when an awaiting caller is cancelled:
-        # the thread keeps its slot until the function returns.
-        cf.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, ticket))
-        return await asyncio.wrap_future(cf)
+        done: asyncio.Future[Any] = loop.create_future()
+
+        def finished(cf: concurrent.futures.Future[Any]) -> None:  # in the pool's thread
+            # Release when the thread is really done, not when an awaiting caller is cancelled:
+            # the thread keeps its slot until the function returns.
+            try:
+                loop.call_soon_threadsafe(self._finished_in_pool, ticket, cf, done)
+            except RuntimeError:  # the loop is closed: the server stopped and nobody waits
+                log.debug("%s finished after its server stopped; its outcome is dropped",
+                          handler.name)
+
+        def abandoned(done: asyncio.Future[Any]) -> None:
+            if done.cancelled():
+                cf.cancel()  # still queued: it never runs (a running thread is left to finish)
+
+        done.add_done_callback(abandoned)
+        cf.add_done_callback(finished)
+        return await done
+
+    def _finished_in_pool(self, ticket: _Ticket, cf: concurrent.futures.Future[Any],
+                          done: asyncio.Future[Any]) -> None:
+        self._release(ticket)
+        if done.done():
+            return
+        if cf.cancelled():
+            done.cancel()
+        elif (error := cf.exception()) is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(cf.result())
 
     def _release(self, ticket: _Ticket) -> None:
         if ticket.handler.is_async:
@@ -493,5 +546,5 @@ def _run_sync(
     deadline: float | None,
 ) -> Any:
     if deadline is not None and time.monotonic() > deadline:
-        raise _Expired()
+        raise _Expired("deadline passed while queued")
     return func(ctxt, *args, **kwargs)

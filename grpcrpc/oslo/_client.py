@@ -25,11 +25,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from grpcrpc.client import AsyncRPCClient, RPCClient
 from grpcrpc.discovery.base import RoutingTable
 from grpcrpc.discovery.etcd import EtcdResolver
 from grpcrpc.exceptions import GrpcrpcError, MessagingTimeout, NoEndpoints, Overloaded
 from grpcrpc.fanout import FanoutReport
-from grpcrpc.oslo._wire import OsloAsyncClient, OsloSyncClient, PrimitiveSerializer
+from grpcrpc.oslo._wire import PrimitiveSerializer, remote_failure
 from grpcrpc.oslo.options import Settings
 from grpcrpc.target import Target
 from grpcrpc.transport.aio import AsyncTransport
@@ -89,12 +90,12 @@ class Sender:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._resolver: EtcdResolver | None = None
-        self._client: OsloAsyncClient | None = None
+        self._client: AsyncRPCClient | None = None
         self._ready: asyncio.Lock | None = None
         self._changed: asyncio.Event | None = None
         self._unsubscribe: Any = None
 
-    async def _ensure(self) -> OsloAsyncClient:
+    async def _ensure(self) -> AsyncRPCClient:
         if self._client is not None:
             return self._client
         if self._ready is None:
@@ -104,7 +105,7 @@ class Sender:
                 self._client = await self._connect()
         return self._client
 
-    async def _connect(self) -> OsloAsyncClient:
+    async def _connect(self) -> AsyncRPCClient:
         resolver = _resolver(self._settings)
         await asyncio.to_thread(resolver.start)  # DiscoveryUnavailable if etcd never answers
         loop = asyncio.get_running_loop()
@@ -118,8 +119,8 @@ class Sender:
         self._resolver = resolver
         transport = AsyncTransport(resolver, self._settings.transport)
         # The placeholder topic is replaced by every send's prepare().
-        return OsloAsyncClient(transport, Target(topic="oslo"), timeout=None,
-                               serializer=PrimitiveSerializer())
+        return AsyncRPCClient(transport, Target(topic="oslo"), timeout=None,
+                              serializer=PrimitiveSerializer(), failure_mapper=remote_failure)
 
     def _table_changed(self) -> None:
         # Wake every send waiting for a server, and let later ones wait on a fresh event.
@@ -168,12 +169,12 @@ class SyncSender:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._resolver: EtcdResolver | None = None
-        self._client: OsloSyncClient | None = None
+        self._client: RPCClient | None = None
         self._ready = threading.Lock()
         self._changed = threading.Event()
         self._unsubscribe: Any = None
 
-    def _ensure(self) -> OsloSyncClient:
+    def _ensure(self) -> RPCClient:
         client = self._client
         if client is not None:
             return client
@@ -185,8 +186,9 @@ class SyncSender:
                 self._resolver = resolver
                 transport = SyncTransport(resolver, self._settings.transport)
                 # The placeholder topic is replaced by every send's prepare().
-                self._client = OsloSyncClient(transport, Target(topic="oslo"), timeout=None,
-                                              serializer=PrimitiveSerializer())
+                self._client = RPCClient(transport, Target(topic="oslo"), timeout=None,
+                                         serializer=PrimitiveSerializer(),
+                                         failure_mapper=remote_failure)
             return self._client
 
     def _table_changed(self, table: RoutingTable) -> None:  # resolver thread

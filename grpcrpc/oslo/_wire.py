@@ -9,9 +9,9 @@ Failures go through oslo's own machinery: the server serialises the exception wi
 `serialize_remote_exception` and sends its parts (class, module, message, traceback, args) in
 grpcrpc's `Failure`; the client rebuilds the same dict and hands it to
 `deserialize_remote_exception` with the transport's `allowed_remote_exmods`, exactly as the
-rabbit driver does. The exception's `kwargs` (nova's exceptions carry their format values
-there) have no field in `Failure` yet: they travel as the last traceback line, marked
-`KWARGS_MARK` (see docs/oslo.md, "core hooks").
+rabbit driver does; the client's failure mapper (`remote_failure`) hands it over. The
+exception's `kwargs` (nova's exceptions carry their format values there) travel in
+`Failure.kwargs_json`.
 
 >>> data = {"class": "KeyError", "module": "builtins", "message": "'x'", "tb": [],
 ...         "args": ["x"], "kwargs": {"code": 404}}
@@ -25,30 +25,23 @@ from __future__ import annotations
 import functools
 import json
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
-from google.protobuf.message import Message
 from oslo_serialization import jsonutils
 
 from grpcrpc import envelope as ev
-from grpcrpc.client import AsyncRPCClient, RPCClient, _ClientBase
 from grpcrpc.dispatcher import Dispatcher, Handler
 from grpcrpc.serializer import Serializer
 
 __all__ = [
-    "KWARGS_MARK",
     "CatchAllDispatcher",
-    "OsloAsyncClient",
-    "OsloSyncClient",
     "PrimitiveSerializer",
     "RemoteFailure",
     "failure_data",
     "remote_exception",
+    "remote_failure",
 ]
 
-M = TypeVar("M", bound=Message)
-
-KWARGS_MARK = "oslo.kwargs: "
 _REMOTE_POSTFIX = "_Remote"
 
 
@@ -101,8 +94,9 @@ def remote_exception(data: dict[str, Any], tb: TracebackType | None) -> Exceptio
     error = cls(*(args if isinstance(args, list) else ()))
     error.oslo_message = str(data.get("message", ""))  # type: ignore[attr-defined]
     kwargs = data.get("kwargs")
-    if kwargs:
-        error.add_note(KWARGS_MARK + jsonutils.dumps(kwargs))
+    if kwargs and isinstance(kwargs, dict):
+        # grpcrpc sends an exception's `kwargs` attribute in `Failure.kwargs_json`.
+        error.kwargs = jsonutils.to_primitive(kwargs)  # type: ignore[attr-defined]
     return error.with_traceback(tb)
 
 
@@ -110,9 +104,9 @@ def failure_data(failure: ev.Failure) -> dict[str, Any]:
     """The dict `serialize_remote_exception` made on the server, rebuilt from a `Failure`."""
     lines = list(failure.traceback)
     kwargs: Any = {}
-    if lines and lines[-1].startswith(KWARGS_MARK):
+    if failure.kwargs_json:
         try:
-            kwargs = json.loads(lines.pop()[len(KWARGS_MARK):])
+            kwargs = json.loads(failure.kwargs_json)
         except ValueError:
             kwargs = {}
     try:
@@ -137,26 +131,10 @@ class RemoteFailure(Exception):
         self.data = data
 
 
-class _RemoteFailures(_ClientBase):
-    """Endpoint failures come back as `RemoteFailure`, for oslo to rebuild.
-
-    Local adapter: overrides the private `_result` until the core takes a failure mapper
-    (docs/oslo.md, "core hooks").
-    """
-
-    def _result(self, ctxt: Any, method: str, reply: ev.Reply,
-                response_type: type[M] | None = None) -> Any:
-        if reply.WhichOneof("outcome") == "failure" and reply.failure.code == ev.ErrorCode.REMOTE:
-            raise RemoteFailure(failure_data(reply.failure))
-        return super()._result(ctxt, method, reply, response_type)
-
-
-class OsloAsyncClient(_RemoteFailures, AsyncRPCClient):
-    """An `AsyncRPCClient` whose endpoint failures come back as `RemoteFailure`."""
-
-
-class OsloSyncClient(_RemoteFailures, RPCClient):
-    """An `RPCClient` whose endpoint failures come back as `RemoteFailure`."""
+def remote_failure(failure: ev.Failure) -> RemoteFailure:
+    """The driver's clients' failure mapper: an endpoint's failure comes back as
+    `RemoteFailure`, for oslo to rebuild."""
+    return RemoteFailure(failure_data(failure))
 
 
 # -- dispatch ------------------------------------------------------------------------------

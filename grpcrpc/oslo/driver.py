@@ -37,6 +37,7 @@ from oslo_messaging._drivers import common as rpc_common
 from oslo_serialization import jsonutils
 
 from grpcrpc import exceptions as gx
+from grpcrpc.deadline import effective_timeout, remaining_time
 from grpcrpc.discovery.etcd import DiscoveryUnavailable, EtcdRegistry
 from grpcrpc.fanout import FanoutReport
 from grpcrpc.oslo import options
@@ -103,14 +104,22 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
         `call_monitor_timeout` needs no heartbeat messages here: the caller's HTTP/2
         connection to the server is pinged every `keepalive_interval`, so a dead server or a
         partition fails the call within about that, and `timeout` bounds the rest.
+
+        `timeout` is the call's deadline, and it is inherited: a call or cast made while an
+        endpoint serves a message waits at most what that message's caller has left (and
+        fails at once with `MessagingTimeout`, unsent, when nothing is left).
         """
         proc = self._process()
         call = bool(wait_for_reply)
-        budget = timeout if call else self._settings.cast_timeout
         at_least_once = bool(getattr(transport_options, "at_least_once", False))
         fields = target_fields(target, message, self._default_exchange)
         args = message.get("args") or {}
+        budget = timeout if call else self._settings.cast_timeout
         try:
+            # Read here, in the caller's (green) thread: under eventlet the send runs on the
+            # driver's loop, where the endpoint's ambient message is not.
+            budget = effective_timeout(budget, remaining_time(),
+                                       f"{describe(target)}.{message['method']}")
             if proc.sync_sender is not None:  # plain threads: send from this one
                 result = proc.sync_sender.send(fields, ctxt, message["method"], args, call=call,
                                                timeout=budget, retry=retry,

@@ -10,7 +10,11 @@ grpcrpc servicer ◄── Sink.deliver returns / raises ◄──────�
 ```
 
 A call's gRPC request stays open until oslo replies, so the reply goes back on the connection the
-request came in on; there is no reply queue. A cast is answered "accepted" when it is queued,
+request came in on; there is no reply queue. oslo's `msg_id` is the envelope id a trace shows, and
+the envelope's deadline follows the message into oslo's executor: `acknowledge()`, which oslo
+calls in the thread (or green thread) that then runs the endpoint, makes the message ambient
+there, so the endpoint's own calls and casts inherit its caller's deadline
+(`grpcrpc.remaining_time()`). A cast is answered "accepted" when it is queued,
 and its result is dropped, as oslo's casts are. The listener is a `PollStyleListener`, so
 oslo's threading and eventlet executors both drive it.
 """
@@ -28,6 +32,7 @@ from oslo_messaging._drivers import base
 from oslo_messaging._drivers import common as rpc_common
 
 from grpcrpc import envelope as ev
+from grpcrpc.deadline import Incoming, current_message, set_current_message
 from grpcrpc.discovery.base import Registry
 from grpcrpc.exceptions import Overloaded
 from grpcrpc.oslo._bridge import Bridge, Mailbox, Pending
@@ -47,27 +52,38 @@ _Outcome = tuple[str, Any]  # ("result", value) | ("failure", (data, traceback))
 class GrpcIncomingMessage(base.RpcIncomingMessage):  # type: ignore[misc]
     """One request, as oslo's RPC server sees it. `reply()` completes the caller's gRPC call.
 
-    `acknowledge()` has nothing to do: the server already holds the call (or has told the
-    caster it was accepted). `requeue()` hands a call back unanswered as "overloaded", so the
+    `acknowledge()` has nothing to send: the server already holds the call (or has told the
+    caster it was accepted). oslo calls it in the thread that then dispatches the message, so it
+    makes the message ambient there (its id and its caller's deadline, which nested calls
+    inherit) until `reply()`. `requeue()` hands a call back unanswered as "overloaded", so the
     caller sends it to another server. `heartbeat()` has nothing to do either: the open HTTP/2
     connection, pinged every `keepalive_interval`, is what tells the caller the server lives.
     """
 
-    def __init__(self, ctxt: dict[str, Any], message: dict[str, Any], msg_id: str,
+    def __init__(self, ctxt: dict[str, Any], message: dict[str, Any], incoming: Incoming,
                  settle: Callable[[_Outcome], None]) -> None:
-        super().__init__(ctxt, message, msg_id)
+        super().__init__(ctxt, message, incoming.id)
+        self.incoming = incoming
         self._settle = settle
 
     def acknowledge(self) -> None:
-        pass
+        set_current_message(self.incoming)
+
+    def _done(self) -> None:
+        # oslo's worker thread goes on to other messages: this one is no longer ambient there.
+        # (Set, not reset: oslo may reply from a context other than the one it acknowledged in.)
+        if current_message() is self.incoming:
+            set_current_message(None)
 
     def requeue(self) -> None:
+        self._done()
         self._settle(("requeue", None))
 
     def heartbeat(self) -> None:
         pass
 
     def reply(self, reply: Any = None, failure: Any = None) -> None:
+        self._done()
         if failure:
             # oslo's own serialisation, as the rabbit driver does; the traceback object goes
             # along so that the caller sees the real frames.
@@ -83,7 +99,7 @@ class Sink:
     def __init__(self, mailbox: Mailbox[GrpcIncomingMessage], name: str) -> None:
         self._mailbox = mailbox
         self._name = name
-        self._new_id = ev.id_factory()
+        self._new_id = ev.id_factory()  # for a message not dispatched by grpcrpc's server
 
     async def deliver(self, namespace: str | None, version: str | None, method: str,
                       ctxt: dict[str, Any], **args: Any) -> Any:
@@ -94,8 +110,10 @@ class Sink:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
                 loop.call_soon_threadsafe(_resolve, done, outcome)
 
+        # The envelope being dispatched (grpcrpc's servicer makes it ambient around us).
+        served = current_message() or Incoming(self._new_id(), method, cast=False, deadline=None)
         incoming = GrpcIncomingMessage(ctxt, oslo_message(namespace, version, method, args),
-                                       self._new_id(), settle)
+                                       served, settle)
         if not self._mailbox.put(incoming):
             # Not dispatched, so the caller may safely send it to another server.
             raise Overloaded(f"{self._name} is stopping")
@@ -121,7 +139,7 @@ async def start_server(settings: Settings, target: Any, exchange: str,
     sink = Sink(mailbox, name)
     server = RPCServer(
         Target(topic=target.topic, server=target.server, exchange=target.exchange or exchange),
-        [sink],
+        dispatcher=CatchAllDispatcher(sink),
         registry=registry,
         host=settings.bind_host,
         port_range=settings.port_range,
@@ -136,8 +154,6 @@ async def start_server(settings: Settings, target: Any, exchange: str,
         serializer=PrimitiveSerializer(),
         grace=settings.stop_grace,
     )
-    # Local adapter until RPCServer takes a dispatcher (docs/oslo.md, "core hooks").
-    server._servicer.dispatcher = CatchAllDispatcher(sink)
     await server.start()
     return server
 

@@ -51,6 +51,7 @@ from grpcrpc.transport.base import (
     broadcaster_target,
     broken_stream_error,
     call_metadata,
+    cancel_envelope,
     channel_options,
     check_size,
     fanout_request,
@@ -291,12 +292,14 @@ class AsyncTransport(TransportBase):
             async with asyncio.timeout(timeout):
                 return await fut
         except TimeoutError:
+            # The caller gave up: tell the server, so it can drop the work (and cancel the
+            # calls that work made in turn).
             stream.forget(msg_id)
+            stream.send_only(cancel_envelope(msg_id))
             raise MessagingTimeout(f"{what} @ {conn.address}: timed out") from None
         except asyncio.CancelledError:
-            # The caller gave up: tell the server, so it can drop the work.
             stream.forget(msg_id)
-            stream.send_only(ev.Envelope(id=msg_id, cancel=True).SerializeToString())
+            stream.send_only(cancel_envelope(msg_id))
             raise
 
     async def _unary(self, conn: _Conn, data: bytes, timeout: float | None, what: str

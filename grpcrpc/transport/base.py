@@ -48,6 +48,7 @@ __all__ = [
     "broadcaster_target",
     "broken_stream_error",
     "call_metadata",
+    "cancel_envelope",
     "channel_options",
     "check_size",
     "fanout_request",
@@ -233,6 +234,11 @@ def _describe(target: Target, opts: TransportOptions) -> str:
 
 class NotSent(Exception):
     """Internal: the message provably did not leave (the connection never opened)."""
+
+
+def cancel_envelope(msg_id: str) -> bytes:
+    """The control envelope telling a server that the caller of `msg_id` gave up."""
+    return ev.Envelope(id=msg_id, cancel=True).SerializeToString()
 
 
 def broken_stream_error(failure: BaseException) -> BaseException:

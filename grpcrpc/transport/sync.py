@@ -54,6 +54,7 @@ from grpcrpc.transport.base import (
     broadcaster_target,
     broken_stream_error,
     call_metadata,
+    cancel_envelope,
     channel_options,
     check_size,
     fanout_request,
@@ -121,6 +122,12 @@ class _Stream:
 
     def forget(self, msg_id: str) -> _Waiter | None:
         return self._pending.pop(msg_id, None)
+
+    def send_only(self, data: bytes) -> None:
+        """Queue a control envelope (cancel) that gets no reply; best effort."""
+        with self._lock:
+            if not self.broken:
+                self._queue.put((data, None))
 
     def _requests(self) -> Iterator[bytes]:
         """gRPC's writer thread: everything queued since the last write, as one batch."""
@@ -340,6 +347,9 @@ class SyncTransport(TransportBase):
         def finish(timeout: float | None) -> ev.Reply:
             if not waiter.lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
                 if stream.forget(msg_id) is waiter:
+                    # Tell the server, so it can drop the work (and cancel the calls that work
+                    # made in turn), as the asyncio transport does.
+                    stream.send_only(cancel_envelope(msg_id))
                     raise MessagingTimeout(f"{what} @ {conn.address}: timed out")
                 waiter.lock.acquire()  # settled just now: it is released at once
             if waiter.error is not None:

@@ -40,7 +40,8 @@ def test_version_cap(client: RPCClient) -> None:
 def test_envelope_carries_target_and_timeout(client: RPCClient) -> None:
     prepared = client.prepare(server="h1", namespace="ns")
     data = prepared._envelope({"user": "u"}, "m", prepared._dict_args({}, {"x": 1}), cast=True,
-                              msg_id="i", exchange="nova", headers={"traceparent": "t"})
+                              msg_id="i", exchange="nova", headers={"traceparent": "t"},
+                              timeout=prepared._timeout_now("m"))
     env = Envelope.FromString(data)
     assert (env.target.topic, env.target.server, env.target.namespace) == ("sched", "h1", "ns")
     assert env.target.exchange == "nova" and env.cast and env.timeout_ms == 7000

@@ -114,6 +114,28 @@ def test_allowed_module_rebuilds_its_type_and_others_become_remote_error() -> No
     assert any("CustomError" in line for line in remote.traceback)
 
 
+class WithKwargs(Exception):
+    """Shaped like oslo's and nova's exceptions: format values in `kwargs`."""
+
+    def __init__(self, message: str = "", **kwargs: object) -> None:
+        super().__init__(message)
+        self.kwargs = kwargs
+
+
+def test_an_exceptions_kwargs_travel_and_rebuild_it() -> None:
+    failure = ev.failure_from_exception(WithKwargs("no host", code=404, host="h1"))
+    assert json.loads(failure.kwargs_json) == {"code": 404, "host": "h1"}
+    assert not any("kwargs" in line for line in failure.traceback)
+    err = _roundtrip(WithKwargs("no host", code=404, host="h1"), frozenset({__name__}))
+    assert type(err) is WithKwargs and err.args == ("no host",)
+    assert err.kwargs == {"code": 404, "host": "h1"}
+    # Not JSON: it still travels, and is rebuilt from its args alone.
+    failure = ev.failure_from_exception(WithKwargs("x", when=object()))
+    assert failure.kwargs_json == b"" and failure.args_json == b'["x"]'
+    # An exception without kwargs sends none.
+    assert ev.failure_from_exception(KeyError("k")).kwargs_json == b""
+
+
 def test_unsafe_or_unbuildable_types_fall_back_to_remote_error() -> None:
     assert isinstance(_roundtrip(NeedsTwoArgs("a", "b"), frozenset({__name__})), exc.RemoteError)
     failure = ev.Failure(code=ev.ErrorCode.REMOTE, exc_type="SystemExit", module="builtins",

@@ -237,6 +237,7 @@ class Failure(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     TRACEBACK_FIELD_NUMBER: _builtins.int
     ARGS_JSON_FIELD_NUMBER: _builtins.int
+    KWARGS_JSON_FIELD_NUMBER: _builtins.int
     code: Global___ErrorCode.ValueType
     exc_type: _builtins.str
     """Python class and module of the remote exception (for REMOTE)."""
@@ -244,6 +245,10 @@ class Failure(_message.Message):
     message: _builtins.str
     args_json: _builtins.bytes
     """The exception's args as a JSON array, so an allowed remote exception can be rebuilt."""
+    kwargs_json: _builtins.bytes
+    """The exception's `kwargs` attribute as a JSON object, when it has one (oslo.messaging's and
+    nova's exceptions keep their format values there); rebuilding passes them as keywords.
+    """
     @_builtins.property
     def traceback(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -255,10 +260,11 @@ class Failure(_message.Message):
         message: _builtins.str = ...,
         traceback: _abc.Iterable[_builtins.str] | None = ...,
         args_json: _builtins.bytes = ...,
+        kwargs_json: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "code", b"code", "exc_type", b"exc_type", "message", b"message", "module", b"module", "traceback", b"traceback"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "code", b"code", "exc_type", b"exc_type", "kwargs_json", b"kwargs_json", "message", b"message", "module", b"module", "traceback", b"traceback"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
