@@ -46,7 +46,8 @@ class Cluster:
         self.servers: list[ServerThread] = []
         self._clients: list[RPCClient] = []
 
-    def serve(self, target: Target, endpoints: Sequence[Any], **server_args: Any) -> ServerThread:
+    def serve(self, target: Target, endpoints: Sequence[Any] = (), **server_args: Any
+              ) -> ServerThread:
         """Start a server for `target` (announced at once); returns its running thread."""
         server = RPCServer(target, endpoints, registry=self.discovery, **server_args)
         thread = ServerThread(server)

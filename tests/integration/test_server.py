@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import pathlib
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from grpcrpc import (
     Target,
     TransportOptions,
 )
+from grpcrpc.dispatcher import Dispatcher, Handler
 from grpcrpc.testing import Cluster
 from tests.conftest import wait_until
 
@@ -257,6 +259,64 @@ def test_server_argument_validation() -> None:
         RPCServer(Target(topic="t"), [Named("x")], port_range=(10, 5))
     with pytest.raises(ValueError, match="at least one endpoint"):
         RPCServer(Target(topic="t"), [])
+    with pytest.raises(ValueError, match="endpoints or a dispatcher, not both"):
+        RPCServer(Target(topic="t"), [Named("x")], dispatcher=Dispatcher([Named("y")]))
+
+
+def test_a_server_takes_a_ready_dispatcher() -> None:
+    """What the oslo driver does: every method goes to one place, by the dispatcher's rules."""
+
+    class Everything(Dispatcher):
+        def lookup(self, namespace: str | None, version: str | None, method: str) -> Handler:
+            return Handler(lambda ctxt, **kw: [method, namespace, kw], False, None, method)
+
+    with Cluster() as cluster:
+        cluster.serve(Target(topic="t", server="s"), dispatcher=Everything([Named("unused")]))
+        client = cluster.client(Target(topic="t", namespace="ns"), timeout=10)
+        assert client.call({}, "anything", x=1) == ["anything", "ns", {"x": 1}]
+
+
+def test_stop_while_a_thread_endpoint_runs_drops_its_outcome_cleanly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The thread outlives its server (the grace passed): when it finishes, the loop is closed.
+    Its outcome is dropped; nothing calls into the closed loop (it used to: `RuntimeError:
+    Event loop is closed` from the pool's completion callback)."""
+    slow = Named("slow")
+    done = threading.Event()
+
+    class Slow:
+        def slow(self, ctxt: Any) -> str:
+            try:
+                return slow.slow(ctxt)
+            finally:
+                done.set()
+
+    server = ServerThread(RPCServer(Target(topic="t", server="s"), [Slow()], grace=0.1))
+    server.start()
+    client = grpcrpc.RPCClient(grpcrpc.StaticResolver([Endpoint(server.address, "t", "s")]),
+                               Target(topic="t"), timeout=30)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.call({}, "slow")
+        except grpcrpc.GrpcrpcError as err:
+            errors.append(err)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_until(slow.started.is_set, what="the endpoint started")
+    with caplog.at_level(logging.DEBUG):
+        server.stop()  # grace 0.1 s: the thread is still running when the loop closes
+        assert not done.is_set()
+        slow.release.set()
+        assert done.wait(10)
+        caller.join(10)
+        wait_until(lambda: any("dropped" in r.getMessage() for r in caplog.records), 5,
+                   "the dropped outcome to be logged")
+    assert [type(e) for e in errors] == [grpcrpc.DeliveryError]  # the stream broke with the stop
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    client.close()
 
 
 def test_retry_zero_tries_only_one_endpoint() -> None:

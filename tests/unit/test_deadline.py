@@ -34,8 +34,8 @@ def test_effective_timeout_is_the_smaller_bound(own: float | None, remaining: fl
 @pytest.mark.parametrize("remaining", [0.0, -0.001, -30.0])
 @pytest.mark.parametrize("own", [None, 5.0])
 def test_nothing_remaining_is_a_timeout_before_sending(own: float | None, remaining: float) -> None:
-    with pytest.raises(grpcrpc.MessagingTimeout, match="sched.m: the deadline it inherits has "
-                                                      "passed; not sent"):
+    with pytest.raises(grpcrpc.MessagingTimeout, match=r"sched\.m: the deadline it inherits "
+                                                      r"has passed; not sent"):
         effective_timeout(own, remaining, "sched.m")
 
 

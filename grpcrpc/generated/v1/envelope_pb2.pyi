@@ -191,7 +191,8 @@ class Envelope(_message.Message):
     timeout_ms: _builtins.int
     """Time the caller still waits for the answer, in milliseconds, when the envelope was sent
     (0: no deadline). Relative, so clock skew between hosts does not matter. A server drops a
-    call whose budget ran out while it was queued: nobody is waiting for its answer.
+    call whose budget ran out while it was queued: nobody is waiting for its answer. While the
+    endpoint runs, it is the deadline of every call the endpoint makes in turn.
     """
     cancel: _builtins.bool
     """Control: the caller gave up on message `id` (cancelled or timed out); the server cancels
