@@ -16,6 +16,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,17 @@ from typing import Any
 import pytest
 
 import grpcrpc
-from grpcrpc import AsyncRPCClient, Endpoint, RPCClient, StaticResolver, Target
+from grpcrpc import (
+    AsyncRPCClient,
+    AsyncTransport,
+    Endpoint,
+    RPCClient,
+    StaticResolver,
+    SyncTransport,
+    Target,
+)
+from grpcrpc import envelope as ev
+from grpcrpc.testing import Cluster
 from tests.conftest import wait_until
 
 HERE = pathlib.Path(__file__).parent
@@ -161,3 +172,81 @@ def test_a_thread_at_the_end_of_the_chain_sees_its_deadline_pass(chain: Chain) -
     assert all(-0.01 <= v <= LATE for v in late.values()), late
     _nothing_left_running(chain)
 
+
+
+class Waiting:
+    """Waits until cancelled; `cancelled` is set from the server's loop."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.cancelled = threading.Event()
+
+    async def wait(self, ctxt: Any) -> None:
+        self.started.set()
+        try:
+            await asyncio.sleep(600)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+def _no_deadline_envelope(msg_id: str) -> bytes:
+    # No deadline on the wire: the server never cancels it by itself, so only the cancel
+    # envelope of a caller that gives up can.
+    return ev.build_envelope(msg_id, Target(topic="w"), "wait", b"{}", b"{}",
+                             timeout_ms=0).SerializeToString()
+
+
+@pytest.mark.parametrize("client_kind", ["sync", "asyncio"])
+def test_a_caller_that_times_out_cancels_its_callee(client_kind: str) -> None:
+    waiting = Waiting()
+    with Cluster() as cluster:
+        cluster.serve(Target(topic="w", server="s"), [waiting])
+        if client_kind == "sync":
+            transport = SyncTransport(cluster.discovery)
+            try:
+                with pytest.raises(grpcrpc.MessagingTimeout):
+                    transport.request(Target(topic="w"), "m1", _no_deadline_envelope("m1"),
+                                      0.3, "w.wait")
+                assert waiting.cancelled.wait(5), "the server never heard the caller gave up"
+            finally:
+                transport.close()
+        else:
+            async def main() -> None:
+                transport = AsyncTransport(cluster.discovery)
+                try:
+                    with pytest.raises(grpcrpc.MessagingTimeout):
+                        await transport.request(Target(topic="w"), "m1",
+                                                _no_deadline_envelope("m1"), 0.3, "w.wait")
+                    for _ in range(500):  # the loop must run for the cancel to be written
+                        if waiting.cancelled.is_set():
+                            break
+                        await asyncio.sleep(0.01)
+                finally:
+                    await transport.close()
+
+            asyncio.run(main())
+            assert waiting.cancelled.is_set(), "the server never heard the caller gave up"
+        assert waiting.started.is_set()
+
+
+def test_a_server_cancels_a_coroutine_at_its_callers_deadline() -> None:
+    """Even when no cancel envelope comes (lost with a broken stream, say), the server stops a
+    coroutine endpoint at the deadline the envelope carries, and answers that it expired."""
+    waiting = Waiting()
+    with Cluster() as cluster:
+        cluster.serve(Target(topic="w", server="s"), [waiting])
+        transport = SyncTransport(cluster.discovery)
+        try:
+            data = ev.build_envelope("m1", Target(topic="w"), "wait", b"{}", b"{}",
+                                     timeout_ms=300).SerializeToString()
+            start = time.monotonic()
+            # The transport waits longer than the envelope says: the server answers first.
+            reply = transport.request(Target(topic="w"), "m1", data, 10, "w.wait")
+            took = time.monotonic() - start
+        finally:
+            transport.close()
+    assert reply.failure.code == ev.ErrorCode.EXPIRED, reply
+    assert reply.failure.message == "deadline passed while running"
+    assert waiting.cancelled.is_set()
+    assert 0.29 <= took <= 0.3 + LATE, took
