@@ -111,10 +111,10 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
         """
         proc = self._process()
         call = bool(wait_for_reply)
+        budget = timeout if call else self._settings.cast_timeout
         at_least_once = bool(getattr(transport_options, "at_least_once", False))
         fields = target_fields(target, message, self._default_exchange)
         args = message.get("args") or {}
-        budget = timeout if call else self._settings.cast_timeout
         try:
             # Read here, in the caller's (green) thread: under eventlet the send runs on the
             # driver's loop, where the endpoint's ambient message is not.
