@@ -6,11 +6,21 @@ looked up in constant time; tokens never appear in logs or spans). An `ACL` then
 identities may `call`, `cast` or `fanout` which topics and methods; once an ACL is set, anything
 it does not allow is denied.
 
+One more operation marks peer broadcasters: `relay`, handing a broadcaster the very servers to
+deliver a fanout to (`FanoutRequest.targets`: what a broadcaster does when it splits a large
+topic among its peers). A broadcaster honours a target list only from an identity allowed to
+`relay` the topic (and still delivers only to servers of that topic in its own routing table).
+A rule grants `relay` only when it names it: a rule without `ops` means the three message
+operations.
+
 >>> acl = ACL.from_rules([{"identity": "conductor", "topics": ["scheduler"], "ops": ["call"]}])
 >>> acl.allows("conductor", "call", "scheduler", "select_destinations")
 True
 >>> acl.allows("conductor", "cast", "scheduler", "select_destinations")
 False
+>>> peers = ACL.from_rules([{"identity": "broadcaster", "ops": ["fanout", "relay"]}])
+>>> peers.allows("broadcaster", "relay", "compute", "*")
+True
 """
 
 from __future__ import annotations
@@ -24,9 +34,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ACL", "OPS", "Rule", "ServerAuth", "Tokens", "identity_from_peer"]
+__all__ = ["ACL", "ALL_OPS", "OPS", "RELAY", "Rule", "ServerAuth", "Tokens", "identity_from_peer"]
 
-OPS = ("call", "cast", "fanout")
+OPS = ("call", "cast", "fanout")  # what a message does: a rule's default
+RELAY = "relay"  # a peer broadcaster's right to name a fanout's servers; granted only by name
+ALL_OPS = (*OPS, RELAY)
 ANONYMOUS = None
 
 
@@ -75,7 +87,8 @@ class Tokens:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """Allow `identity` (a glob) to do `ops` on `topics` and `methods` (globs)."""
+    """Allow `identity` (a glob) to do `ops` on `topics` and `methods` (globs). `ops` defaults
+    to the message operations; `relay` (peer broadcasters) must be named."""
 
     identity: str
     ops: tuple[str, ...] = OPS
@@ -83,9 +96,9 @@ class Rule:
     methods: tuple[str, ...] = ("*",)
 
     def __post_init__(self) -> None:
-        bad = [op for op in self.ops if op not in OPS]
+        bad = [op for op in self.ops if op not in ALL_OPS]
         if bad:
-            raise ValueError(f"unknown operation(s) {bad}: expected {', '.join(OPS)}")
+            raise ValueError(f"unknown operation(s) {bad}: expected {', '.join(ALL_OPS)}")
 
     def matches(self, identity: str, op: str, topic: str, method: str) -> bool:
         return (op in self.ops and fnmatch.fnmatchcase(identity, self.identity)
@@ -136,7 +149,8 @@ class ServerAuth:
 
     `tokens`: accept bearer tokens. `mtls`: accept the identity of a verified client certificate
     (needs `ServerTLS(client_ca_file=...)`). `acl`: what each identity may do (None: any
-    authenticated caller may do anything). A caller with no valid identity is refused.
+    authenticated caller may do anything, `relay` included). A caller with no valid identity is
+    refused.
     """
 
     tokens: Tokens | None = None

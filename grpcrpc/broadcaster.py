@@ -36,9 +36,9 @@ import grpc.aio
 from grpcrpc import envelope as ev
 from grpcrpc import fanout, tracing
 from grpcrpc._errors import NOT_ACCEPTED
-from grpcrpc.auth import ServerAuth
+from grpcrpc.auth import RELAY, ServerAuth
 from grpcrpc.credentials import ServerTLS
-from grpcrpc.discovery.base import DEFAULT_AZ, Endpoint, InvalidEndpoint, Registry, Resolver
+from grpcrpc.discovery.base import DEFAULT_AZ, Endpoint, Registry, Resolver
 from grpcrpc.exceptions import GrpcrpcError, InvalidEnvelope
 from grpcrpc.generated.v1 import broadcaster_pb2 as bpb
 from grpcrpc.host import ServiceHost, hostport
@@ -136,6 +136,8 @@ class Broadcaster:
             max_message_size=self._transport_options.max_message_size,
         )
         self.endpoint: Endpoint | None = None
+        self._known_table: object = None  # the routing table `_known` was built from
+        self._known: frozenset[str] = frozenset()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -204,11 +206,19 @@ class Broadcaster:
         if self.auth is not None:
             identity = self.auth.identify(context.invocation_metadata() or (),
                                           context.auth_context())
-            if not self.auth.allows(identity, "fanout", env.target.topic, env.method):
-                log.warning("unauthorized: %s may not fanout %s.%s (peer %s)",
-                            identity or "unauthenticated caller", env.target.topic, env.method,
-                            context.peer())
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not authorized")
+            topic, method = env.target.topic, env.method
+            # Naming the servers is a peer broadcaster's right (`relay`), not a caller's: the
+            # list is otherwise a way to make this broadcaster dial where a caller chooses.
+            for op in ("fanout", RELAY) if request.targets else ("fanout",):
+                if not self.auth.allows(identity, op, topic, method):
+                    log.warning("unauthorized: %s may not %s %s.%s (peer %s)",
+                                identity or "unauthenticated caller", op, topic, method,
+                                context.peer())
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not authorized")
+        if len(request.targets) > len(self._servers_of(env)):
+            # More than the topic has: not a split of it (and each would be reported back).
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "more fanout targets than the topic has servers")
         self._active += 1
         self._idle.clear()
         try:
@@ -236,19 +246,9 @@ class Broadcaster:
         # its child.
         data = env.SerializeToString()
         failures: list[fanout.Failed] = []
-        if request.targets:
-            targets = []
-            for t in request.targets:
-                try:
-                    targets.append(Endpoint(t.address, env.target.topic, t.server or "unknown"))
-                except (InvalidEndpoint, ValueError) as err:
-                    failures.append(fanout.Failed(t.address, t.server, f"invalid target: {err}"))
-        else:
-            targets = list(self.resolver.table.candidates(
-                topic=env.target.topic,
-                exchange=env.target.exchange or self._transport_options.exchange,
-                own_az=self.az, az=env.target.az or None,
-            ))
+        registered = self._servers_of(env)
+        targets = (self._named_targets(request, registered, failures) if request.targets
+                   else list(registered))
         invalid = len(failures)
         timeout = env.timeout_ms / 1000 if env.timeout_ms else self.options.default_timeout
         what = f"fanout {env.target.topic}.{env.method}"
@@ -260,6 +260,45 @@ class Broadcaster:
         for report in results:
             failures.extend(report.failures)
         return fanout.report(len(targets) + invalid, failures)
+
+    def _servers_of(self, env: ev.Envelope) -> tuple[Endpoint, ...]:
+        """The servers of the envelope's topic (in its AZ) in this broadcaster's routing table."""
+        return self.resolver.table.candidates(
+            topic=env.target.topic,
+            exchange=env.target.exchange or self._transport_options.exchange,
+            own_az=self.az, az=env.target.az or None,
+        )
+
+    def _named_targets(self, request: bpb.FanoutRequest, registered: Sequence[Endpoint],
+                       failures: list[fanout.Failed]) -> list[Endpoint]:
+        """The servers a peer broadcaster named, as this broadcaster knows them: a name that is
+        not a server of the topic in this broadcaster's own routing table is never dialled (it
+        is reported as failed), so a target list cannot point it anywhere else."""
+        by_address = {e.address: e for e in registered}
+        topic = request.envelope.target.topic
+        targets: list[Endpoint] = []
+        for t in request.targets:
+            endpoint = by_address.pop(t.address, None)
+            if endpoint is None or (t.server and t.server != endpoint.server):
+                failures.append(fanout.Failed(
+                    t.address[:ev.MAX_NAME], t.server[:ev.MAX_NAME],
+                    f"not a registered endpoint of {topic} (or named twice): not sent"))
+            else:
+                targets.append(endpoint)
+        return targets
+
+    def _registered(self, endpoints: Sequence[Endpoint]) -> tuple[list[Endpoint], list[Endpoint]]:
+        """(registered, not) against the routing table as it is now: checked just before
+        dialling, so this broadcaster's credentials go only to registered endpoints."""
+        table = self.resolver.table
+        if table is not self._known_table:
+            self._known = frozenset(e.address for e in table.endpoints)
+            self._known_table = table
+        known = self._known
+        ok = [e for e in endpoints if e.address in known]
+        if len(ok) == len(endpoints):
+            return ok, []
+        return ok, [e for e in endpoints if e.address not in known]
 
     def _split(self, targets: list[Endpoint]) -> list[tuple[Endpoint | None, list[Endpoint]]]:
         """Shares of the target list: (None, mine) first, then one per peer broadcaster."""
@@ -282,6 +321,8 @@ class Broadcaster:
         timeout: float, what: str, depth: int,
     ) -> fanout.FanoutReport:
         assert self._transport is not None
+        if peer is not None and not self._registered([peer])[0]:
+            peer = None  # withdrawn since the split: its share is delivered here
         if peer is not None:
             request = fanout_request(data, share, depth + 1)
             try:
@@ -294,7 +335,14 @@ class Broadcaster:
                     fanout.Failed(e.address, e.server, f"peer broadcaster {peer.server} failed: {err}")
                     for e in share
                 ])
-        self.deliveries += len(share)
-        return await self._transport.fanout(share, msg_id, data, timeout, what,
-                                            parallelism=self.options.parallelism)
-
+        dialled, gone = self._registered(share)
+        self.deliveries += len(dialled)
+        report = await self._transport.fanout(dialled, msg_id, data, timeout, what,
+                                              parallelism=self.options.parallelism)
+        if not gone:
+            return report
+        return fanout.report(len(share), [
+            *report.failures,
+            *(fanout.Failed(e.address, e.server, "no longer a registered endpoint: not sent")
+              for e in gone),
+        ])

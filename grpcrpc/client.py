@@ -208,7 +208,8 @@ class _ClientBase:
             method=method,
             args=args,
             cast=cast,
-            fanout=self.target.fanout,
+            # A fanout is a cast: a call on a fanout target goes to one server as a call.
+            fanout=cast and self.target.fanout,
             context=context,
             timeout_ms=0 if timeout is None else ev.timeout_ms(timeout),
         )

@@ -15,6 +15,7 @@ import importlib
 import itertools
 import json
 import os
+import re
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -42,6 +43,7 @@ __all__ = [
     "id_factory",
     "message_class",
     "message_to_python",
+    "operation",
     "pack_message",
     "parse_envelope",
     "parse_reply",
@@ -61,9 +63,18 @@ Failure = pb.Failure
 FanoutReport = pb.FanoutReport
 ErrorCode = pb.ErrorCode
 
-# Limits on fields a peer controls (the whole message is bounded by the gRPC max size).
-MAX_NAME = 255
+# Limits on fields a peer controls (the whole message is bounded by the gRPC max size). The
+# server takes its values from `Limits`; these are the defaults.
+MAX_NAME = 255  # every string field: id, method, exchange, topic, server, namespace, version, az
 MAX_HEADERS = 64
+MAX_HEADER_VALUE = 8192  # characters in one header value (W3C baggage's own maximum)
+MAX_HEADER_BYTES = 16384  # characters in all header names and values together
+
+# The W3C trace headers, which the server parses. OpenTelemetry's baggage parser splits on a
+# regex that takes time quadratic in a run of blanks (8,191 spaces: ~43 ms of a loop's time),
+# and no well-formed header has a long run of them: such a header is refused, not parsed.
+_TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+_BLANK_RUN = re.compile(r"[ \t]{16}")
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
@@ -215,11 +226,24 @@ def parse_envelope(data: bytes) -> pb.Envelope:
     return env
 
 
-def validate_envelope(env: pb.Envelope) -> None:
+def validate_envelope(
+    env: pb.Envelope, *, max_name: int = MAX_NAME, max_header_value: int = MAX_HEADER_VALUE,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+) -> None:
+    """Check what a peer controls before anything acts on it; `InvalidEnvelope` says what is
+    wrong. Every string field is bounded (so an error echoing one stays small), the headers are
+    bounded in number and size, and a fanout must be a cast (it would otherwise run as a call).
+
+    >>> validate_envelope(Envelope(id="1", method="m", target=WireTarget(topic="t"),
+    ...                            fanout=True))
+    Traceback (most recent call last):
+      ...
+    grpcrpc.exceptions.InvalidEnvelope: a fanout envelope must be a cast
+    """
     msg_id = env.id
     if not msg_id:
         raise exc.InvalidEnvelope("envelope has no id")
-    if len(msg_id) > MAX_NAME:
+    if len(msg_id) > max_name:
         raise exc.InvalidEnvelope("envelope id too long")
     if env.cancel:
         return
@@ -229,15 +253,56 @@ def validate_envelope(env: pb.Envelope) -> None:
     topic, version = target.topic, target.version
     if not topic:
         raise exc.InvalidEnvelope("envelope has no target topic")
-    if len(method) > MAX_NAME or len(topic) > MAX_NAME:
+    if len(method) > max_name or len(topic) > max_name:
         raise exc.InvalidEnvelope("envelope method or topic too long")
-    if len(env.headers) > MAX_HEADERS:
-        raise exc.InvalidEnvelope(f"envelope has more than {MAX_HEADERS} headers")
+    if (len(target.exchange) > max_name or len(target.server) > max_name
+            or len(target.az) > max_name or len(target.namespace) > max_name
+            or len(version) > max_name):
+        raise exc.InvalidEnvelope(
+            f"envelope target field too long (exchange, server, az, namespace and version "
+            f"are at most {max_name} characters)")
+    if env.fanout and not env.cast:
+        raise exc.InvalidEnvelope("a fanout envelope must be a cast")
+    headers = env.headers
+    if headers:
+        _validate_headers(headers, max_name, max_header_value, max_header_bytes)
     if version:
         try:
             parse_version(version)
         except ValueError as err:
             raise exc.InvalidEnvelope(str(err)) from None
+
+
+def _validate_headers(headers: Mapping[str, str], max_name: int, max_value: int,
+                      max_total: int) -> None:
+    if len(headers) > MAX_HEADERS:
+        raise exc.InvalidEnvelope(f"envelope has more than {MAX_HEADERS} headers")
+    total = 0
+    for key, value in headers.items():
+        if len(key) > max_name:
+            raise exc.InvalidEnvelope(f"envelope header name longer than {max_name} characters")
+        if len(value) > max_value:
+            raise exc.InvalidEnvelope(
+                f"envelope header {key!r} longer than {max_value} characters")
+        total += len(key) + len(value)
+    if total > max_total:
+        raise exc.InvalidEnvelope(f"envelope headers longer than {max_total} characters in all")
+    for key in _TRACE_HEADERS:
+        trace_value = headers.get(key)
+        if trace_value and _BLANK_RUN.search(trace_value):
+            raise exc.InvalidEnvelope(f"envelope header {key!r} is not a W3C trace header")
+
+
+def operation(env: pb.Envelope) -> str:
+    """What a validated envelope will run as, for access control: `call` unless it is a cast;
+    a cast that is part of a fanout is a `fanout`.
+
+    >>> operation(Envelope(cast=True, fanout=True)), operation(Envelope())
+    ('fanout', 'call')
+    """
+    if not env.cast:
+        return "call"
+    return "fanout" if env.fanout else "cast"
 
 
 def parse_reply(data: bytes) -> pb.Reply:

@@ -68,6 +68,12 @@ class Limits:
     # stream each, so this bounds its threads' calls in flight per connection).
     streams_per_connection: int = 1000
     max_message_size: int = 4 * 1024 * 1024
+    # What one envelope may carry, checked before anything acts on it (INVALID_ENVELOPE):
+    # every string field (id, method, exchange, topic, server, namespace, version, az, header
+    # names), one header value, and all headers together, in characters.
+    max_name: int = ev.MAX_NAME
+    max_header_value: int = ev.MAX_HEADER_VALUE
+    max_header_bytes: int = ev.MAX_HEADER_BYTES
 
     @property
     def sync_capacity(self) -> int:
@@ -138,9 +144,14 @@ class EnvelopeServicer:
     async def unary(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         env, ticket, reply = self._accept(raw, self._identify(context), context.peer())
         if reply is None:
-            if env is None or ticket is None:  # a cancel envelope: nothing to answer
-                return b""
-            reply = await self._run(env, ticket)
+            if env is None or ticket is None:
+                # A cancel envelope: on Unary there is nothing in flight it could name (cancel
+                # the RPC instead), so it is an error rather than an empty OK.
+                reply = ev.reply_failure(env.id if env is not None else "",
+                                         ev.ErrorCode.INVALID_ENVELOPE,
+                                         "a cancel envelope means nothing on Unary")
+            else:
+                reply = await self._run(env, ticket)
         return self._encode(reply)
 
     async def stream(
@@ -262,26 +273,34 @@ class EnvelopeServicer:
     ) -> tuple[_Ticket | None, ev.Reply | None]:
         """Validate, route, authorise and admit a parsed envelope: (ticket, None) when admitted,
         (None, reply) to answer at once, (None, None) for a cancel envelope."""
+        lim = self.limits
         try:
-            ev.validate_envelope(env)
+            ev.validate_envelope(env, max_name=lim.max_name,
+                                 max_header_value=lim.max_header_value,
+                                 max_header_bytes=lim.max_header_bytes)
         except InvalidEnvelope as err:
-            return None, ev.reply_failure(env.id, ev.ErrorCode.INVALID_ENVELOPE, str(err))
+            # Never echo an oversized id: the reply would be as large as the attack.
+            msg_id = env.id if len(env.id) <= lim.max_name else ""
+            return None, ev.reply_failure(msg_id, ev.ErrorCode.INVALID_ENVELOPE, str(err))
         if env.cancel:
             return None, None
-        if self.stopping:
-            return None, ev.reply_failure(env.id, ev.ErrorCode.STOPPING, "server is stopping")
-        misrouted = self._misrouted(env.target)
-        if misrouted:
-            return None, ev.reply_failure(env.id, ev.ErrorCode.MISROUTED, misrouted)
         t = env.target
+        # Authorise before anything else answers: a caller that may not send this learns
+        # nothing about the server (not its name, exchange or AZ from MISROUTED, nor whether
+        # it is stopping). The operation is what will run: a call unless it is a cast.
         if self.auth is not None:
-            op = "fanout" if env.fanout else ("cast" if env.cast else "call")
+            op = ev.operation(env)
             if not self.auth.allows(identity, op, t.topic, env.method):
                 # Who and what, for the operator; nothing that helps the caller.
                 log.warning("unauthorized: %s may not %s %s.%s (peer %s)",
                             identity or "unauthenticated caller", op, t.topic, env.method, peer)
                 return None, ev.reply_failure(env.id, ev.ErrorCode.UNAUTHORIZED,
                                                    "not authorized")
+        if self.stopping:
+            return None, ev.reply_failure(env.id, ev.ErrorCode.STOPPING, "server is stopping")
+        misrouted = self._misrouted(t)
+        if misrouted:
+            return None, ev.reply_failure(env.id, ev.ErrorCode.MISROUTED, misrouted)
         try:
             handler = self.dispatcher.lookup(t.namespace, t.version, env.method)
         except NoSuchMethod as err:
