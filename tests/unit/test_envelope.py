@@ -160,3 +160,48 @@ def test_grpcrpc_codes_map_to_named_errors() -> None:
         err = ev.exception_from_failure(ev.Failure(code=code, message="m"), "meth", "1.2",
                                         frozenset())
         assert type(err) is cls, code
+
+
+def test_a_fanout_must_be_a_cast() -> None:
+    with pytest.raises(exc.InvalidEnvelope, match="fanout envelope must be a cast"):
+        ev.validate_envelope(_env(fanout=True))
+    ev.validate_envelope(_env(fanout=True, cast=True))
+    assert [ev.operation(_env(**c)) for c in ({}, {"cast": True},
+                                              {"cast": True, "fanout": True})] == [
+        "call", "cast", "fanout"]
+
+
+@pytest.mark.parametrize("field", ["exchange", "server", "az", "namespace", "version"])
+def test_every_target_field_is_bounded(field: str) -> None:
+    env = _env()
+    setattr(env.target, field, "1" * 256)
+    with pytest.raises(exc.InvalidEnvelope, match="target field too long"):
+        ev.validate_envelope(env)
+    ev.validate_envelope(_env(), max_name=255)
+    with pytest.raises(exc.InvalidEnvelope, match="too long"):
+        ev.validate_envelope(_env(), max_name=1)
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"baggage": "v" * 8193}, "longer than 8192"),
+        ({f"h{i}": "v" * 8000 for i in range(3)}, "in all"),
+        ({"k" * 256: "v"}, "header name longer"),
+        ({"baggage": "a=b," + " " * 16 + "c=d"}, "not a W3C trace header"),
+        ({"tracestate": "a=b\t" + "\t " * 8}, "not a W3C trace header"),
+        ({f"h{i}": "" for i in range(65)}, "more than 64 headers"),
+    ],
+)
+def test_headers_are_bounded(headers: dict[str, str], message: str) -> None:
+    env = _env()
+    env.headers.update(headers)
+    with pytest.raises(exc.InvalidEnvelope, match=message):
+        ev.validate_envelope(env)
+
+
+def test_ordinary_headers_pass() -> None:
+    env = _env()
+    env.headers.update({"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+                        "baggage": "user=alice, tenant = t1", "x-app": " " * 100})
+    ev.validate_envelope(env)
