@@ -158,6 +158,15 @@ OPTIONS: tuple[Option, ...] = (
            "Calls that may wait for a thread before callers get Overloaded.", "server"),
     Option("max_message_size", 4 * 1024 * 1024, _positive(int),
            "Largest message in bytes, both directions.", "server"),
+    Option("max_name", 255, _positive(int),
+           "Longest string field of an envelope (id, method, exchange, topic, server, namespace, "
+           "version, az, header name), in characters; longer is refused as InvalidEnvelope.",
+           "server"),
+    Option("max_header_value", 8192, _positive(int),
+           "Longest envelope header value (W3C baggage's own maximum), in characters.", "server"),
+    Option("max_header_bytes", 16384, _positive(int),
+           "Most characters in all of an envelope's header names and values together.",
+           "server"),
     Option("tls_cert_file", None, _optional_str, "Server certificate (turns TLS on).", "tls"),
     Option("tls_key_file", None, _optional_str, "Server private key.", "tls"),
     Option("tls_client_ca_file", None, _optional_str,
@@ -281,7 +290,9 @@ class Config:
             "host": v["bind_host"], "port_range": v["port_range"],
             "advertise_host": v["advertise_host"], "az": v["az"], "tls": self.server_tls(),
             "limits": Limits(threads=v["threads"], queue=v["queue"],
-                             max_message_size=v["max_message_size"]),
+                             max_message_size=v["max_message_size"],
+                             max_name=v["max_name"], max_header_value=v["max_header_value"],
+                             max_header_bytes=v["max_header_bytes"]),
         }
 
 

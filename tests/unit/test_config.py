@@ -81,3 +81,13 @@ def test_docs_are_generated_from_the_model() -> None:
     assert doc == render_markdown(), "run `python -m grpcrpc.config` to regenerate the docs"
     for opt in OPTIONS:
         assert f"`{opt.env}`" in doc
+
+
+def test_envelope_bounds_default_to_the_servers_own() -> None:
+    from grpcrpc import Limits
+
+    limits = Config.load(environ={}).server_args()["limits"]
+    assert (limits.max_name, limits.max_header_value, limits.max_header_bytes) == (
+        Limits().max_name, Limits().max_header_value, Limits().max_header_bytes)
+    env = Config.load(environ={"GRPCRPC_MAX_HEADER_VALUE": "1024"}).server_args()["limits"]
+    assert env.max_header_value == 1024
