@@ -17,6 +17,7 @@ nothing when off.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import weakref
@@ -52,6 +53,41 @@ __all__ = [
 ]
 
 _meter = metrics.get_meter("grpcrpc")
+
+
+class _Sparse(logging.Filter):
+    """At most one record per `interval` seconds, cut short, saying how many were dropped.
+
+    OpenTelemetry's propagators warn about every malformed trace header they parse, quoting it
+    (a baggage header may be 8 KiB): without this, a peer could fill a server's log at the rate
+    it sends envelopes.
+    """
+
+    def __init__(self, interval: float = 60.0, width: int = 300) -> None:
+        super().__init__()
+        self.interval, self.width = interval, width
+        self._next = 0.0
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            self._dropped += 1
+            return False
+        self._next = now + self.interval
+        text = record.getMessage()
+        if len(text) > self.width:
+            text = text[:self.width] + "..."
+        if self._dropped:
+            text += f" ({self._dropped} more like it in the last {self.interval:.0f}s not logged)"
+            self._dropped = 0
+        record.msg, record.args = text, None
+        return True
+
+
+for _name in ("opentelemetry.baggage.propagation", "opentelemetry.trace.span",
+              "opentelemetry.trace.propagation.tracecontext"):
+    logging.getLogger(_name).addFilter(_Sparse())
 
 SYSTEM = "grpcrpc"
 

@@ -315,6 +315,24 @@ def test_huge_trace_headers_are_refused_before_anyone_parses_them(open_world: Wo
     assert elapsed < 10, elapsed
 
 
+def test_malformed_trace_headers_cannot_fill_the_log(open_world: World,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Within the bounds, OpenTelemetry still warns about each malformed baggage it parses,
+    quoting it: those warnings are thinned out, not one 8 KB line per envelope."""
+    raw = Raw(open_world.address(0))
+    try:
+        with caplog.at_level("WARNING"), open_world.legit() as load:
+            for r in range(4):
+                batch = [envelope(f"j{r}-{i}", "compute", "status",
+                                  headers={"baggage": "x" * 8000}) for i in range(50)]
+                assert [outcome(x) for x in raw.batches([batch])] == ["result"] * 50
+        load.check()
+    finally:
+        raw.close()
+    otel = [r for r in caplog.records if r.name.startswith("opentelemetry")]
+    assert len(otel) <= 1 and sum(len(r.getMessage()) for r in otel) < 1000
+
+
 # -- the smaller holes ------------------------------------------------------------------------
 
 def test_an_unauthenticated_caller_learns_nothing_from_routing(world: World) -> None:
