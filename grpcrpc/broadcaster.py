@@ -39,7 +39,7 @@ from grpcrpc._errors import NOT_ACCEPTED
 from grpcrpc.auth import RELAY, ServerAuth
 from grpcrpc.credentials import ServerTLS
 from grpcrpc.discovery.base import DEFAULT_AZ, Endpoint, Registry, Resolver
-from grpcrpc.exceptions import GrpcrpcError, InvalidEnvelope
+from grpcrpc.exceptions import GrpcrpcError, InvalidEnvelope, Unauthorized
 from grpcrpc.generated.v1 import broadcaster_pb2 as bpb
 from grpcrpc.host import ServiceHost, hostport
 from grpcrpc.transport.aio import AsyncTransport
@@ -88,7 +88,9 @@ class Broadcaster:
         transport_options: TLS, token and limits for the connections to servers (the
             servers' ACLs must let this broadcaster's identity `fanout`).
         auth: who may ask for a fanout; the caller's right to `fanout` the topic is checked
-            before anything is amplified.
+            before anything is amplified, and a request that names its servers (a peer
+            broadcaster's share of a split) needs the `relay` right too. Named servers are
+            delivered to only if they are servers of the topic in this broadcaster's table.
     """
 
     def __init__(
@@ -329,6 +331,11 @@ class Broadcaster:
                 return await self._transport.forward(peer, request, timeout + 5.0, what)
             except NotSent:
                 log.info("peer broadcaster %s unreachable: delivering its share here", peer.address)
+            except (Unauthorized, InvalidEnvelope) as err:
+                # Refused before it delivered anything (our identity lacks `relay` there, or
+                # its table disagrees with ours): nothing can be duplicated by doing it here.
+                log.warning("peer broadcaster %s refused a share (%s): delivering it here",
+                            peer.address, err)
             except GrpcrpcError as err:
                 # It may have delivered some of them: resending could duplicate, so report.
                 return fanout.report(len(share), [

@@ -285,6 +285,26 @@ def test_peer_broadcasters_still_split_large_topics(world: World) -> None:
     wait_until(lambda: world.ran("refresh") == 3, what="every server got the fanout")
 
 
+def test_a_peer_without_the_relay_right_gets_its_share_delivered_here(world: World) -> None:
+    """An ACL written before `relay` existed: the peer refuses the share before delivering any
+    of it, so the splitting broadcaster delivers it itself (once)."""
+    old_acl = ServerAuth(tokens=TOKENS, acl=ACL.from_rules([
+        {"identity": "conductor", "topics": ["compute"], "ops": ["fanout"]},
+        {"identity": "broadcaster", "topics": ["compute"], "ops": ["fanout"]},
+    ]))
+    opts = BroadcasterOptions(split_threshold=1)
+    b1 = world.broadcaster(name="b1", options=opts, auth=old_acl)
+    b2 = world.broadcaster(name="b2", options=opts, auth=old_acl)
+    client = RPCClient(world.discovery, Target(topic="compute", fanout=True), timeout=10,
+                       options=TransportOptions(token=CONDUCTOR))
+    world.clients.append(client)
+    report = client.cast({}, "refresh")
+    assert report is not None and (report.targets, report.delivered) == (3, 3), report
+    assert b1.deliveries + b2.deliveries == 3 and 0 in (b1.deliveries, b2.deliveries)
+    wait_until(lambda: world.ran("refresh") == 3, what="every server got the fanout")
+    assert [api.got for api in world.apis] == [["refresh"]] * 3
+
+
 # -- 8. trace headers cannot block the loop -------------------------------------------------
 
 def test_huge_trace_headers_are_refused_before_anyone_parses_them(open_world: World) -> None:
