@@ -264,3 +264,19 @@ def test_async_client_survives_a_frozen_server() -> None:
     assert out["failed_at"] - out["frozen_at"] < DETECT_WITHIN, out
     assert "cast_error" in out and out["pinned_cast_block"] < CAST_BOUND, out
     out["tally"].check(tasks)
+
+
+def test_cast_accept_timeout_bounds_a_cast_when_probing_is_off() -> None:
+    # With probes off, only the acceptance bound stands between a caster and a frozen server.
+    with servers(1) as s:
+        options = TransportOptions(probe_after=None, cast_accept_timeout=1.0)
+        client = grpcrpc.RPCClient(grpcrpc.StaticResolver(s.endpoints), Target(topic="frozen"),
+                                   options=options)
+        client.cast({}, "echo", value=0)  # connected, stream open
+        s.freeze(0)
+        started = time.monotonic()
+        with pytest.raises(grpcrpc.MessagingTimeout, match="cast_accept_timeout"):
+            client.cast({}, "echo", value=1)
+        assert 0.9 < time.monotonic() - started < 1.0 + 1.5
+        assert client.transport.balancer.ejections.is_ejected(s.addresses[0])
+        client.close()
