@@ -11,24 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import os
-import pathlib
-import queue
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import grpcrpc
-from grpcrpc import Endpoint, Target, TransportOptions
+from grpcrpc import Target, TransportOptions
+from tests.integration.procs import servers
 
-HERE = pathlib.Path(__file__).parent
 DEFAULTS = TransportOptions()
 assert DEFAULTS.probe_after is not None and DEFAULTS.cast_accept_timeout is not None
 # When the call in flight on the frozen server must have failed: its silence is noticed within
@@ -39,58 +32,6 @@ CAST_BOUND = DEFAULTS.cast_accept_timeout + 1.5  # the bound, with slack for a l
 FREEZE = 8.0  # seconds the server stays stopped under load
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
-
-
-class Servers:
-    """Server processes (tests/integration/server_main.py) and their output lines."""
-
-    def __init__(self, n: int) -> None:
-        self.procs = [subprocess.Popen([sys.executable, str(HERE / "server_main.py"), "frozen",
-                                        f"v{i}"], stdout=subprocess.PIPE, text=True,
-                                       cwd=HERE.parent.parent) for i in range(n)]
-        self.lines: list[queue.Queue[str]] = []
-        self.addresses: list[str] = []
-        for p in self.procs:
-            lines: queue.Queue[str] = queue.Queue()
-            threading.Thread(target=self._pump, args=(p, lines), daemon=True).start()
-            self.lines.append(lines)
-            self.addresses.append(self.expect(len(self.lines) - 1, "ADDRESS").split()[1])
-        self.endpoints = [Endpoint(a, "frozen", f"v{i}") for i, a in enumerate(self.addresses)]
-        self.stopped: set[int] = set()
-
-    @staticmethod
-    def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line.strip())
-
-    def expect(self, i: int, prefix: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.lines[i].get(timeout=max(0.01, deadline - time.monotonic()))
-            if line.startswith(prefix):
-                return line
-
-    def freeze(self, i: int) -> None:
-        self.stopped.add(i)
-        os.kill(self.procs[i].pid, signal.SIGSTOP)
-
-    def close(self) -> None:
-        for i in self.stopped:  # a stopped process must run again to die cleanly
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.procs[i].pid, signal.SIGCONT)
-        for p in self.procs:
-            p.kill()
-            p.wait(10)
-
-
-@contextlib.contextmanager
-def servers(n: int) -> Iterator[Servers]:
-    s = Servers(n)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 class Tally:
