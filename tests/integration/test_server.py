@@ -18,6 +18,7 @@ import grpcrpc
 from grpcrpc import (
     ClientTLS,
     Endpoint,
+    Limits,
     RPCServer,
     ServerThread,
     ServerTLS,
@@ -34,8 +35,10 @@ class Named:
         self.name = name
         self.release = threading.Event()
         self.started = threading.Event()
+        self.ran = 0  # whoami calls this server ran
 
     def whoami(self, ctxt: Any) -> str:
+        self.ran += 1
         return self.name
 
     def slow(self, ctxt: Any) -> str:
@@ -124,18 +127,70 @@ def test_stop_drains_in_flight_and_new_calls_go_elsewhere() -> None:
 
 
 def test_stopping_server_answer_is_retried_elsewhere() -> None:
-    """A server that refuses because it is stopping never ran the message: safe to resend."""
+    """A server that refuses because it is stopping never ran the message: safe to resend.
+
+    A real `stop()`: a call still running keeps the server draining (its port open, answering
+    "stopping"), while a client with a stale table still sends to it."""
     with Cluster() as cluster:
         a, b = Named("a"), Named("b")
         sa = cluster.serve(Target(topic="t", server="a"), [a])
         cluster.serve(Target(topic="t", server="b"), [b])
-        # A stale static table still lists the stopping server.
         stale = grpcrpc.StaticResolver(list(cluster.discovery.table.endpoints))
-        sa.server._servicer.stopping = True
-        with grpcrpc.RPCClient(stale, Target(topic="t"),
+        # Taking turns sends a message to the stopping server whenever it is not ejected.
+        with grpcrpc.RPCClient(stale, Target(topic="t"), timeout=30,
                                options=TransportOptions(balancer="round_robin")) as client:
-            assert {client.call({}, "whoami") for _ in range(10)} == {"b"}
-        sa.server._servicer.stopping = False
+            result: list[str] = []
+            caller = threading.Thread(
+                target=lambda: result.append(client.prepare(server="a").call({}, "slow")))
+            caller.start()
+            wait_until(a.started.is_set, what="a call running on a")
+            stopper = threading.Thread(target=sa.stop, kwargs={"grace": 20})
+            stopper.start()
+            wait_until(lambda: len(cluster.discovery.table) == 1, what="a withdrawn, draining")
+            assert [client.call({}, "whoami") for _ in range(10)] == ["b"] * 10
+            # Only a "stopping" answer ejects a server whose port still answers.
+            assert client.transport.balancer.ejections.is_ejected(sa.address)
+            a.release.set()
+            caller.join(10)
+            stopper.join(10)
+        assert a.ran == 0 and b.ran == 10
+        assert result == ["a"], "the call running on the stopping server was not drained"
+
+
+def test_a_queued_call_whose_deadline_passed_is_dropped_not_run_late() -> None:
+    class OneThread:
+        def __init__(self) -> None:
+            self.started, self.release = threading.Event(), threading.Event()
+            self.late_runs = 0
+
+        def block(self, ctxt: Any) -> str:
+            self.started.set()
+            self.release.wait(30)
+            return "blocked"
+
+        def late(self, ctxt: Any) -> str:
+            self.late_runs += 1
+            return "ran late"
+
+        def mark(self, ctxt: Any) -> str:
+            return "mark"
+
+    with Cluster() as cluster:
+        ep = OneThread()
+        cluster.serve(Target(topic="t", server="one"), [ep], limits=Limits(threads=1, queue=8))
+        client = cluster.client(Target(topic="t"), timeout=30)
+        blocker = threading.Thread(target=client.call, args=({}, "block"))
+        blocker.start()
+        wait_until(ep.started.is_set, what="the only thread busy")
+        # Queued behind it; its caller gives up at its deadline (the blocking client sends no
+        # cancel: only the deadline in the envelope tells the server).
+        with pytest.raises(grpcrpc.MessagingTimeout):
+            client.prepare(timeout=0.5).call({}, "late")
+        ep.release.set()
+        # Queued after the expired call: when it has run, the thread has passed that one.
+        assert client.call({}, "mark") == "mark"
+        blocker.join(10)
+        assert ep.late_runs == 0, "a call whose caller had given up ran late"
 
 
 def test_connection_refused_is_retried_on_another_endpoint() -> None:
