@@ -19,9 +19,9 @@ from tests.oslo.conftest import ServerProcess, grpc_url, start_servers
 pytest.importorskip("eventlet")
 
 # docs/oslo.md: the longest the hub went without running a 10 ms ticker through 1,000 calls,
-# by how many green threads call at once (measured 25-90 ms and 0.1-1 s; bounds with room for
-# a loaded test machine).
-HUB_GAP = {32: 0.5, 1000: 2.0}
+# by how many green threads call at once (measured 25-90 ms, up to 0.8 s under load, and
+# 0.1-1 s; bounds with room for a loaded test machine).
+HUB_GAP = {32: 1.0, 1000: 2.5}
 
 
 def test_green_process_calls_and_serves(etcd: EtcdServer, servers: list[ServerProcess]) -> None:
