@@ -311,8 +311,10 @@ class SyncTransport(TransportBase):
         assert after is not None
         tick = min(0.25, after / 4)
         while not stop.wait(tick):
+            with self._lock:  # other threads add and drop connections
+                conns = (*self._conns.values(), *self._retiring.values())
             now = time.monotonic()
-            for conn in (*self._conns.values(), *self._retiring.values()):
+            for conn in conns:
                 if conn.liveness.due(conn.streams(), now, after):
                     self._probe(conn, now)
 
