@@ -328,7 +328,12 @@ class RPCClient(_ClientBase):
 
     def cast(self, ctxt: Any, method: str, **kwargs: Any) -> FanoutReport | None:
         """Send `method` one-way: returns once a server has accepted it (None), or, with
-        `fanout=True`, once every server of the topic was tried (a `FanoutReport`)."""
+        `fanout=True`, once every server of the topic was tried (a `FanoutReport`).
+
+        A server that does not accept it within the transport's `cast_accept_timeout` (5 s by
+        default; within `timeout` in any case) fails it with `MessagingTimeout`, and a server
+        found frozen with it in flight with `DeliveryError`: it may have arrived, so it is not
+        sent again."""
         return self._cast(ctxt, method, self._dict_args(ctxt, kwargs))
 
     def cast_message(self, ctxt: Any, method: str, request: Message) -> FanoutReport | None:
@@ -366,7 +371,8 @@ class RPCClient(_ClientBase):
                 except NoEndpoints as err:
                     self._check_fallback(err)
             return t.fanout(t.fanout_targets(self.target), msg_id, data, timeout, what)
-        reply = t.request(self.target, msg_id, data, timeout, self._what(method), self.retry)
+        reply = t.request(self.target, msg_id, data, timeout, self._what(method), self.retry,
+                          cast=True)
         self._result(ctxt, method, reply)
         return None
 
@@ -470,7 +476,7 @@ class AsyncRPCClient(_ClientBase):
             endpoints = t.fanout_targets(self.target)
             return await t.fanout(endpoints, msg_id, data, timeout, what)
         reply = await t.request(
-            self.target, msg_id, data, timeout, self._what(method), self.retry
+            self.target, msg_id, data, timeout, self._what(method), self.retry, cast=True
         )
         self._result(ctxt, method, reply)
         return None

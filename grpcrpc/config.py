@@ -142,6 +142,16 @@ OPTIONS: tuple[Option, ...] = (
            "How a client picks one server: p2c (fewest outstanding of two), random, round_robin.",
            "routing"),
     Option("timeout", 60.0, _positive(float), "Default call timeout in seconds.", "routing"),
+    Option("cast_accept_timeout", 5.0, _positive(float),
+           "Seconds a cast waits for the server it went to to accept it (within its timeout); "
+           "past it the cast fails with MessagingTimeout instead of blocking its caller.",
+           "routing"),
+    Option("probe_after", 1.0, _positive(float),
+           "Seconds a connection with messages in flight may stay silent before it is probed "
+           "(a health check on the same connection).", "routing"),
+    Option("probe_timeout", 2.0, _positive(float),
+           "Seconds a probe may go unanswered before the server counts as frozen: what is in "
+           "flight on it fails with DeliveryError and it is ejected.", "routing"),
     Option("use_broadcaster", True, _bool, "Send fanouts through a broadcaster of the AZ.",
            "fanout"),
     Option("client_fanout_fallback", True, _bool,
@@ -273,6 +283,8 @@ class Config:
             az=v["az"], fallback_azs=v["fallback_azs"], exchange=v["exchange"],
             balancer=v["balancer"], max_message_size=v["max_message_size"], tls=tls,
             use_broadcaster=v["use_broadcaster"], client_fanout_fallback=v["client_fanout_fallback"],
+            cast_accept_timeout=v["cast_accept_timeout"], probe_after=v["probe_after"],
+            probe_timeout=v["probe_timeout"],
         )
 
     def server_tls(self) -> ServerTLS | None:

@@ -90,6 +90,10 @@ GRPC_OPTS: list[cfg.Opt] = [
     cfg.FloatOpt("cast_timeout", default=30.0, min=0.1,
                  help="Seconds a cast may wait for a server to accept it, including waiting for "
                       "one to register (there is no broker queue to hold it meanwhile)."),
+    cfg.FloatOpt("cast_accept_timeout", default=5.0, min=0.1,
+                 help="Seconds a cast waits for the server it was sent to to accept it, within "
+                      "cast_timeout: a frozen server then fails the cast (it may have arrived) "
+                      "instead of blocking its caller."),
     cfg.FloatOpt("stop_grace", default=10.0, min=0,
                  help="Seconds a stopping RPC server lets messages it accepted finish."),
     cfg.FloatOpt("keepalive_interval", default=20.0, min=1,
@@ -211,6 +215,7 @@ class Settings:
             use_broadcaster=g.use_broadcaster,
             client_fanout_fallback=g.client_fanout_fallback,
             token=g.auth_token or None,
+            cast_accept_timeout=g.cast_accept_timeout,
         )
         return cls(
             etcd=etcd_config(url, g),

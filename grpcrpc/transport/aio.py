@@ -6,7 +6,9 @@ was in flight as one batch; the stream's reader task matches replies to waiters 
 A stream that cannot open fails its message *before* anything was written, and a stream that
 breaks fails the messages still queued the same way (`NotSent`), so those go to another endpoint;
 the messages already written fail with `DeliveryError` (they may have been delivered), and the
-stream is replaced on the next message.
+stream is replaced on the next message. A server that freezes keeps its connections open: a
+watcher task probes a connection whose messages have waited `probe_after` seconds in silence,
+and fails them the same way if the probe goes unanswered (see `Liveness`).
 
 >>> import asyncio
 >>> from grpcrpc.discovery import StaticResolver
@@ -22,6 +24,8 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import logging
+import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -43,8 +47,10 @@ from grpcrpc.target import Target
 from grpcrpc.transport.base import (
     BATCHES_METHOD,
     FANOUT_METHOD,
+    PROBE_METHOD,
     UNARY_METHOD,
     Attempts,
+    Liveness,
     NotSent,
     TransportBase,
     TransportOptions,
@@ -52,15 +58,20 @@ from grpcrpc.transport.base import (
     broken_stream_error,
     call_metadata,
     cancel_envelope,
+    cast_wait,
     channel_options,
     check_size,
     fanout_request,
     parse_report,
+    probe_answered,
     rpc_failure,
+    unresponsive,
 )
 from grpcrpc.transport.batching import BATCH_BYTES, Outbox
 
 __all__ = ["AsyncTransport"]
+
+log = logging.getLogger("grpcrpc.transport")
 
 
 class _Stream:
@@ -78,6 +89,9 @@ class _Stream:
         self._open_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self.broken = False
+        # When the server was last heard from (or, while nothing waited, last sent to).
+        self.heard = time.monotonic()
+        self._failure: BaseException | None = None  # set by fail(): what the reader reports
 
     @property
     def in_flight(self) -> int:
@@ -104,6 +118,8 @@ class _Stream:
         if self.broken:
             raise NotSent("stream closed")
         fut: asyncio.Future[ev.Reply] = asyncio.get_running_loop().create_future()
+        if not self._pending:  # silence counts from the first message waiting
+            self.heard = time.monotonic()
         self._pending[msg_id] = fut
         self._outbox.put(data, msg_id)
         return fut
@@ -132,6 +148,7 @@ class _Stream:
                 raw = await self._call.read()
                 if raw is grpc.aio.EOF:
                     break
+                self.heard = time.monotonic()
                 try:
                     replies = tpb.ReplyBatch.FromString(raw).replies
                 except Exception:  # DecodeError: one garbled batch must not take others down
@@ -148,10 +165,23 @@ class _Stream:
         finally:
             self.broken = True
             pending, self._pending = self._pending, {}
-            error = broken_stream_error(failure)
+            error = broken_stream_error(self._failure or failure)
             for fut in pending.values():
                 if not fut.done():
                     fut.set_exception(error)
+
+    def fail(self, failure: BaseException) -> None:
+        """Give up on the stream: what is still queued fails as `NotSent`, what was written as
+        `broken_stream_error(failure)`; the next message opens a new stream."""
+        self._failure = failure
+        self.broken = True
+        self._write_failed(failure, self._outbox.abandon())
+        pending, self._pending = self._pending, {}
+        error = broken_stream_error(failure)
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self._call.cancel()
 
     async def close(self) -> None:
         self.broken = True
@@ -171,6 +201,8 @@ class _Conn:
         self.address = address
         self.fanout = channel.unary_unary(FANOUT_METHOD)
         self.unary = channel.unary_unary(UNARY_METHOD)
+        self.probe = channel.unary_unary(PROBE_METHOD)
+        self.liveness = Liveness()
         self._metadata = metadata
         self._max_bytes = max_bytes
         self._streams: list[_Stream | None] = [None] * max(1, n)
@@ -183,6 +215,9 @@ class _Conn:
             s = self._streams[i] = _Stream(self.channel, self.address, self._metadata,
                                            self._max_bytes)
         return s
+
+    def streams(self) -> list[_Stream | None]:
+        return list(self._streams)
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._streams if s is not None))
@@ -210,6 +245,7 @@ class AsyncTransport(TransportBase):
         self._channel_options = channel_options(self.options)
         self._metadata = call_metadata(self.options) or ()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watching = False
 
     def _conn(self, address: str) -> _Conn:
         conn = self._conns.get(address)
@@ -232,7 +268,46 @@ class AsyncTransport(TransportBase):
             if self.balancer.outstanding(other) == 0 and other != address:
                 self._spawn(self._conns.pop(other).close())
                 excess -= 1
+        if not self._watching and self.options.probe_after is not None:
+            self._watching = True
+            self._spawn(self._watch(self.options.probe_after))
         return conn
+
+    # -- liveness: a frozen server ---------------------------------------------------------
+
+    async def _watch(self, after: float) -> None:
+        """Probe the connections whose messages wait in silence (see `Liveness`)."""
+        tick = min(0.25, after / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for conn in (*self._conns.values(), *self._retiring.values()):
+                if conn.liveness.due(conn.streams(), now, after):
+                    conn.liveness.probing = True
+                    self._spawn(self._probe(conn, now))
+
+    async def _probe(self, conn: _Conn, started: float) -> None:
+        code: grpc.StatusCode | None = None
+        try:
+            await conn.probe(b"", timeout=self.options.probe_timeout,
+                             metadata=self._metadata or None)
+        except grpc.RpcError as err:
+            code = err.code()
+        finally:
+            conn.liveness.probing = False
+        if probe_answered(code):
+            conn.liveness.answered = time.monotonic()
+            return
+        silent = conn.liveness.unanswered(conn.streams(), started)
+        if not silent:
+            return
+        waited = time.monotonic() - min(s.heard for s in silent)
+        self.balancer.ejections.eject(conn.address)
+        log.warning("%s did not answer a probe within %.1fs with %d message(s) waiting: "
+                    "failing them as possibly delivered, ejecting it",
+                    conn.address, self.options.probe_timeout, sum(s.in_flight for s in silent))
+        for stream in silent:
+            stream.fail(unresponsive(conn.address, waited))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self._loop.create_task(coro)
@@ -260,11 +335,12 @@ class AsyncTransport(TransportBase):
 
     async def request(
         self, target: Target, msg_id: str, data: bytes, timeout: float | None, what: str,
-        retry: int | None = None,
+        retry: int | None = None, *, cast: bool = False,
     ) -> ev.Reply:
-        """Send one envelope to one endpoint of `target`; the server's reply."""
+        """Send one envelope to one endpoint of `target`; the server's reply (for a `cast`,
+        its acceptance, waited for at most `cast_accept_timeout`)."""
         check_size(data, self.options, what)
-        attempts = Attempts(self, target, timeout, retry)
+        attempts = Attempts(self, target, timeout, retry, cast=cast)
         while True:
             endpoint = attempts.next_endpoint()
             address = endpoint.address
@@ -272,12 +348,14 @@ class AsyncTransport(TransportBase):
             self.balancer.begin(address)
             try:
                 if len(data) > BATCH_BYTES:  # alone, so a size limit refusing it fails it alone
-                    reply = await self._unary(conn, data, attempts.remaining(), what)
+                    reply = await self._unary(conn, data, attempts.wait(), what)
                 else:
-                    reply = await self._exchange(conn, msg_id, data, attempts.remaining(), what)
+                    reply = await self._exchange(conn, msg_id, data, attempts.wait(), what)
             except NotSent as err:
                 attempts.never_sent(endpoint, str(err))
                 continue
+            except MessagingTimeout as err:
+                raise attempts.timed_out(endpoint, err) from None
             finally:
                 self._done(address)
             if attempts.accepted(endpoint, reply):
@@ -352,6 +430,7 @@ class AsyncTransport(TransportBase):
         accepted it."""
         check_size(data, self.options, what)
         limit = asyncio.Semaphore(parallelism) if parallelism else None
+        timeout = cast_wait(timeout, self.options)  # each server's acceptance
 
         async def one(endpoint: Endpoint) -> fanout.Failed | None:
             if limit is None:

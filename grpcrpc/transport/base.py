@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -40,26 +40,34 @@ __all__ = [
     "BROADCASTER_EXCHANGE",
     "BROADCASTER_TOPIC",
     "FANOUT_METHOD",
+    "PROBE_METHOD",
     "STREAM_METHOD",
     "UNARY_METHOD",
     "Attempts",
+    "Liveness",
     "TransportBase",
     "TransportOptions",
     "broadcaster_target",
     "broken_stream_error",
     "call_metadata",
     "cancel_envelope",
+    "cast_wait",
     "channel_options",
     "check_size",
     "fanout_request",
     "parse_report",
+    "probe_answered",
     "rpc_failure",
+    "unresponsive",
 ]
 
 BATCHES_METHOD = "/grpcrpc.v1.Transport/Batches"
 STREAM_METHOD = "/grpcrpc.v1.Transport/Stream"
 UNARY_METHOD = "/grpcrpc.v1.Transport/Unary"
 FANOUT_METHOD = "/grpcrpc.v1.Broadcaster/Fanout"
+# What probes a silent connection: every grpcrpc server (and broadcaster) serves gRPC health, and
+# any answer at all, even an error status, proves the process on the other end is running.
+PROBE_METHOD = "/grpc.health.v1.Health/Check"
 
 # Broadcasters register like any server, under this topic and exchange, one set per AZ.
 BROADCASTER_TOPIC = "grpcrpc.broadcaster"
@@ -98,6 +106,23 @@ class TransportOptions:
     # ... and when none is reachable, the client delivers to every server itself (else
     # NoEndpoints).
     client_fanout_fallback: bool = True
+    # A server that freezes (SIGSTOP, a VM paused, swapping to death) keeps its TCP connections
+    # open, so nothing fails by itself. A connection that has had messages in flight and heard
+    # nothing for `probe_after` seconds is probed (a health check on the same connection); no
+    # answer within `probe_timeout` fails what is in flight on it with DeliveryError (it may
+    # have been delivered) and ejects the endpoint. None: no probing (gRPC keepalive only).
+    probe_after: float | None = 1.0
+    probe_timeout: float = 2.0
+    # Seconds a cast (and each server of a client-side fanout) waits for the server it went to
+    # to accept it, within its own timeout: past it the cast fails with MessagingTimeout (it
+    # may have arrived) instead of blocking its caller. None: only the timeout bounds it.
+    cast_accept_timeout: float | None = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("probe_after", "probe_timeout", "cast_accept_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive (or None)")
 
 def call_metadata(opts: TransportOptions) -> tuple[tuple[str, str], ...] | None:
     """What every RPC of a transport carries: its metadata and the bearer token, if any."""
@@ -232,6 +257,87 @@ def _describe(target: Target, opts: TransportOptions) -> str:
     )
 
 
+def cast_wait(timeout: float | None, options: TransportOptions) -> float | None:
+    """How long a cast waits for one server's acceptance: its timeout, capped by the bound.
+
+    >>> options = TransportOptions(cast_accept_timeout=5.0)
+    >>> cast_wait(60.0, options), cast_wait(2.0, options), cast_wait(None, options)
+    (5.0, 2.0, 5.0)
+    """
+    bound = options.cast_accept_timeout
+    if bound is None or (timeout is not None and timeout <= bound):
+        return timeout
+    return bound
+
+
+class _Silent(Protocol):
+    """What liveness needs of a stream: messages waiting on it, and when it last heard from
+    the server (or, when it had nothing in flight, when it was last given a message)."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    heard: float
+
+
+S = TypeVar("S", bound=_Silent)
+
+
+class Liveness:
+    """When a connection's silence calls for a probe, and what an unanswered probe means
+    (one per connection; no I/O, both transports drive it).
+
+    gRPC's own keepalive cannot do this job: it is set per channel and pings whenever a call
+    is open, and an envelope stream stays open while idle, so a ping every second or two would
+    go over every idle connection too — and a server's ping policy (here 5 s between pings
+    without data, two strikes) answers that with GOAWAY `too_many_pings`. A probe only where
+    messages wait is cheap at any fleet size.
+
+    >>> live = Liveness()
+    >>> class S:
+    ...     in_flight, heard = 1, 0.0
+    >>> live.due([S()], now=0.5, after=1.0), live.due([S()], now=1.5, after=1.0)
+    (False, True)
+    >>> len(live.unanswered([S()], started=1.5))  # nothing heard since the probe went out
+    1
+    """
+
+    __slots__ = ("answered", "probing")
+
+    def __init__(self) -> None:
+        self.probing = False
+        self.answered = 0.0  # when the last probe was answered (monotonic)
+
+    def due(self, streams: Iterable[_Silent | None], now: float, after: float) -> bool:
+        """Whether a message has waited `after` seconds on a silent stream (and no probe is
+        out already)."""
+        if self.probing:
+            return False
+        answered = self.answered
+        return any(s is not None and s.in_flight and now - max(s.heard, answered) > after
+                   for s in streams)
+
+    def unanswered(self, streams: Iterable[S | None], started: float) -> list[S]:
+        """A probe sent at `started` went unanswered: the streams whose messages to fail. None
+        if any stream heard from the server since (the process runs; the probe was unlucky)."""
+        live = [s for s in streams if s is not None]
+        if any(s.heard > started for s in live):
+            return []
+        return [s for s in live if s.in_flight]
+
+
+def probe_answered(code: grpc.StatusCode | None) -> bool:
+    """Whether a probe's outcome shows the server process running: any status but a deadline
+    that passed. (A broken connection fails its streams by itself.)"""
+    return code is not grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def unresponsive(address: str, waited: float) -> DeliveryError:
+    """What the messages on a connection that stopped answering hear."""
+    return DeliveryError(f"stream @ {address}: the server did not answer a probe within "
+                         f"{waited:.1f}s (frozen or unreachable)")
+
+
 class NotSent(Exception):
     """Internal: the message provably did not leave (the connection never opened)."""
 
@@ -270,13 +376,17 @@ class Attempts:
     ```
     """
 
-    __slots__ = ("_deadline", "_last", "_left", "_refused", "_target", "_transport", "_tried")
+    __slots__ = ("_accept", "_by_accept", "_deadline", "_last", "_left", "_refused", "_target",
+                 "_transport", "_tried")
 
     def __init__(
         self, transport: TransportBase, target: Target, timeout: float | None,
-        retry: int | None = None,
+        retry: int | None = None, *, cast: bool = False,
     ) -> None:
         self._transport = transport
+        # A cast waits for each server's acceptance at most this long.
+        self._accept = transport.options.cast_accept_timeout if cast else None
+        self._by_accept = False
         self._target = target
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._tried: frozenset[str] = frozenset()
@@ -290,6 +400,25 @@ class Attempts:
         if self._deadline is None:
             return None
         return self._deadline - time.monotonic()
+
+    def wait(self) -> float | None:
+        """How long to wait for this attempt's reply: what is left of the timeout, for a cast
+        at most its acceptance bound."""
+        remaining = self.remaining()
+        accept = self._accept
+        self._by_accept = accept is not None and (remaining is None or remaining > accept)
+        return accept if self._by_accept else remaining
+
+    def timed_out(self, endpoint: Endpoint, err: MessagingTimeout) -> MessagingTimeout:
+        """The error for a wait that ran out: the timeout's own, or — when the cast's
+        acceptance bound ran out first — one that says so (and the endpoint is ejected: a
+        server that takes seconds to accept a message is not one to send more to)."""
+        if not self._by_accept:
+            return err
+        self._transport.balancer.ejections.eject(endpoint.address)
+        return MessagingTimeout(
+            f"{self._target.topic} @ {endpoint.address}: not accepted within {self._accept:g}s "
+            f"(cast_accept_timeout); it may or may not have been delivered")
 
     def next_endpoint(self) -> Endpoint:
         remaining = self.remaining()

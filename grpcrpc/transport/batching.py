@@ -98,6 +98,16 @@ class Outbox(Generic[K]):
         finally:
             self._writer = None
 
+    def abandon(self) -> list[K]:
+        """Stop writing: the keys of the messages still queued (provably never written); the
+        outbox then refuses new ones."""
+        self.failed = True
+        unsent = [k for _, k in self._items if k is not None]
+        self._items = []
+        if self._writer is not None:
+            self._writer.cancel()
+        return unsent
+
     async def flush(self) -> None:
         """Wait until everything queued has been written (or the writer failed)."""
         while self._writer is not None:

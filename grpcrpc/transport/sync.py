@@ -13,6 +13,10 @@ or sent on a stream that never connected, provably never left (`NotSent`: anothe
 tried); envelopes handed to gRPC fail with `DeliveryError` (they may have been delivered). A
 fanout from the client goes as one unary RPC per server, all at once.
 
+A server that freezes keeps its connections open: one watcher thread per transport probes a
+connection whose messages have waited `probe_after` seconds in silence, and fails them if the
+probe goes unanswered (see `Liveness`).
+
 >>> from grpcrpc.discovery import StaticResolver
 >>> transport = SyncTransport(StaticResolver([]))
 >>> transport.close()
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -46,8 +51,10 @@ from grpcrpc.target import Target
 from grpcrpc.transport.base import (
     BATCHES_METHOD,
     FANOUT_METHOD,
+    PROBE_METHOD,
     UNARY_METHOD,
     Attempts,
+    Liveness,
     NotSent,
     TransportBase,
     TransportOptions,
@@ -55,15 +62,20 @@ from grpcrpc.transport.base import (
     broken_stream_error,
     call_metadata,
     cancel_envelope,
+    cast_wait,
     channel_options,
     check_size,
     fanout_request,
     parse_report,
+    probe_answered,
     rpc_failure,
+    unresponsive,
 )
 from grpcrpc.transport.batching import BATCH_BYTES, frame
 
 __all__ = ["SyncTransport"]
+
+log = logging.getLogger("grpcrpc.transport")
 
 # A client-side fanout to more servers than this sends unary RPCs instead of using streams.
 STREAM_FANOUT_LIMIT = 64
@@ -103,6 +115,8 @@ class _Stream:
         self.broken = False
         self._why = "stream closed"  # why it broke, for a caller who comes after
         self._closing = False
+        # When the server was last heard from (or, while nothing waited, last sent to).
+        self.heard = time.monotonic()
         self._call = channel.stream_stream(BATCHES_METHOD)(self._requests(), metadata=metadata)
         threading.Thread(target=self._read, name=f"grpcrpc-stream-{address}", daemon=True).start()
 
@@ -116,6 +130,8 @@ class _Stream:
         with self._lock:
             if self.broken:
                 raise NotSent(self._why)
+            if not self._pending:  # silence counts from the first message waiting
+                self.heard = time.monotonic()
             self._pending[msg_id] = waiter
             self._queue.put((data, msg_id))
         return waiter
@@ -157,6 +173,7 @@ class _Stream:
         failure: BaseException = DeliveryError("stream closed by the server")
         try:
             for raw in self._call:
+                self.heard = time.monotonic()
                 try:
                     replies = tpb.ReplyBatch.FromString(raw).replies
                 except Exception:  # DecodeError: one garbled batch must not take others down
@@ -194,6 +211,12 @@ class _Stream:
             else:
                 waiter.settle(None, error)
 
+    def fail(self, failure: BaseException) -> None:
+        """Give up on the stream: what is still queued fails as `NotSent`, what was written as
+        `broken_stream_error(failure)`; the next message opens a new stream."""
+        self._settle_all(failure)
+        self._call.cancel()
+
     def close(self) -> None:
         self._closing = True
         with self._lock:
@@ -210,6 +233,8 @@ class _Conn:
         # Bytes in, bytes out: parsing is ours, so a bad reply is a named error, not gRPC's.
         self.unary = channel.unary_unary(UNARY_METHOD)
         self.fanout = channel.unary_unary(FANOUT_METHOD)
+        self.probe = channel.unary_unary(PROBE_METHOD)
+        self.liveness = Liveness()
         self._metadata = metadata
         self._max_bytes = max_bytes
         self._streams: list[_Stream | None] = [None] * max(1, n)
@@ -226,6 +251,9 @@ class _Conn:
                     s = self._streams[i] = _Stream(self.channel, self.address, self._metadata,
                                                    self._max_bytes)
         return s
+
+    def streams(self) -> list[_Stream | None]:
+        return list(self._streams)
 
     def close(self) -> None:
         for s in self._streams:
@@ -250,6 +278,7 @@ class SyncTransport(TransportBase):
         self._creds = self.options.tls.credentials() if self.options.tls else None
         self._channel_options = channel_options(self.options)
         self._metadata = call_metadata(self.options)
+        self._watching: threading.Event | None = None  # set to stop the watcher thread
 
     def _conn(self, address: str) -> _Conn:
         conn = self._conns.get(address)
@@ -268,7 +297,53 @@ class SyncTransport(TransportBase):
                     channel, address, self.options.streams_per_endpoint, self._metadata,
                     self.options.max_message_size)
                 self._evict_locked()
+                if self._watching is None and self.options.probe_after is not None:
+                    self._watching = threading.Event()
+                    threading.Thread(target=self._watch, args=(self._watching,), daemon=True,
+                                     name="grpcrpc-liveness").start()
         return conn
+
+    # -- liveness: a frozen server ---------------------------------------------------------
+
+    def _watch(self, stop: threading.Event) -> None:
+        """Probe the connections whose messages wait in silence (see `Liveness`)."""
+        after = self.options.probe_after
+        assert after is not None
+        tick = min(0.25, after / 4)
+        while not stop.wait(tick):
+            with self._lock:  # other threads add and drop connections
+                conns = (*self._conns.values(), *self._retiring.values())
+            now = time.monotonic()
+            for conn in conns:
+                if conn.liveness.due(conn.streams(), now, after):
+                    self._probe(conn, now)
+
+    def _probe(self, conn: _Conn, now: float) -> None:
+        conn.liveness.probing = True
+        try:
+            future = conn.probe.future(b"", timeout=self.options.probe_timeout,
+                                       metadata=self._metadata)
+        except ValueError:  # the channel was closed under us by close()
+            conn.liveness.probing = False
+            return
+        future.add_done_callback(lambda f: self._probed(conn, now, f))
+
+    def _probed(self, conn: _Conn, started: float, future: Any) -> None:
+        """gRPC's thread: the probe came back (or did not)."""
+        conn.liveness.probing = False
+        if probe_answered(future.code()):
+            conn.liveness.answered = time.monotonic()
+            return
+        silent = conn.liveness.unanswered(conn.streams(), started)
+        if not silent:
+            return
+        waited = time.monotonic() - min(s.heard for s in silent)
+        self.balancer.ejections.eject(conn.address)
+        log.warning("%s did not answer a probe within %.1fs with %d message(s) waiting: "
+                    "failing them as possibly delivered, ejecting it",
+                    conn.address, self.options.probe_timeout, sum(s.in_flight for s in silent))
+        for stream in silent:
+            stream.fail(unresponsive(conn.address, waited))
 
     def _evict_locked(self) -> None:
         """Keep the pool bounded: close the oldest idle connections beyond the limit."""
@@ -300,11 +375,12 @@ class SyncTransport(TransportBase):
 
     def request(
         self, target: Target, msg_id: str, data: bytes, timeout: float | None, what: str,
-        retry: int | None = None,
+        retry: int | None = None, *, cast: bool = False,
     ) -> ev.Reply:
-        """Send one envelope to one endpoint of `target`; the server's reply."""
+        """Send one envelope to one endpoint of `target`; the server's reply (for a `cast`,
+        its acceptance, waited for at most `cast_accept_timeout`)."""
         check_size(data, self.options, what)
-        attempts = Attempts(self, target, timeout, retry)
+        attempts = Attempts(self, target, timeout, retry, cast=cast)
         while True:
             endpoint = attempts.next_endpoint()
             address = endpoint.address
@@ -312,10 +388,12 @@ class SyncTransport(TransportBase):
             try:
                 try:
                     reply = self._exchange(self._conn(address), msg_id, data,
-                                           attempts.remaining(), what)
+                                           attempts.wait(), what)
                 except NotSent as err:
                     attempts.never_sent(endpoint, str(err))
                     continue
+                except MessagingTimeout as err:
+                    raise attempts.timed_out(endpoint, err) from None
             finally:
                 self._done(address)
             if attempts.accepted(endpoint, reply):
@@ -413,6 +491,7 @@ class SyncTransport(TransportBase):
         """
         check_size(data, self.options, what)
         unary = len(endpoints) > STREAM_FANOUT_LIMIT
+        timeout = cast_wait(timeout, self.options)  # each server's acceptance, all at once
         deadline = None if timeout is None else time.monotonic() + timeout
         sent: list[tuple[Endpoint, Callable[[float | None], ev.Reply]]] = []
         failures = []
@@ -457,5 +536,7 @@ class SyncTransport(TransportBase):
             self._conns.clear()
             self._retiring.clear()
             self._close_base()
+            if self._watching is not None:
+                self._watching.set()
         for conn in conns:
             conn.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import pathlib
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 import grpcrpc
 from grpcrpc import Endpoint, Target, TransportOptions
 from grpcrpc.testing import Cluster
+from tests.conftest import wait_until
 
 HERE = pathlib.Path(__file__).parent
 
@@ -60,33 +62,51 @@ def test_p2c_sends_more_to_the_faster_server() -> None:
 
 
 def test_server_killed_under_load_fails_only_in_flight_calls() -> None:
+    """At most once, counted: every call carries a key and each server says on stdout which keys
+    it ran, so a client that resent a call that was in flight on the killed server (run there,
+    answered nowhere) would show that key on both servers."""
     procs = [subprocess.Popen([sys.executable, str(HERE / "server_main.py"), "victim", f"v{i}"],
                               stdout=subprocess.PIPE, text=True, cwd=HERE.parent.parent)
              for i in range(2)]
+    ran: list[list[str]] = [[], []]  # keys each server ran, in order
+
+    def pump(i: int) -> None:
+        stdout = procs[i].stdout
+        assert stdout is not None
+        for line in stdout:
+            if line.startswith("EXEC "):
+                ran[i].append(line.split()[1])
+
     try:
         addresses = []
         for p in procs:
             assert p.stdout is not None
             addresses.append(p.stdout.readline().split()[1])
+        for i in range(2):
+            threading.Thread(target=pump, args=(i,), daemon=True).start()
         resolver = grpcrpc.StaticResolver(
             [Endpoint(a, "victim", f"v{i}") for i, a in enumerate(addresses)])
         client = grpcrpc.RPCClient(resolver, Target(topic="victim"), timeout=10)
-        errors: list[BaseException] = []
+        outcome: dict[str, object] = {}  # key -> the server that answered, or the error
         ok = collections.Counter[str]()
         stop = threading.Event()
         lock = threading.Lock()
 
-        def run() -> None:
-            while not stop.is_set():
+        def run(n: int) -> None:
+            for i in itertools.count():
+                if stop.is_set():
+                    return
+                key = f"{n}.{i}"
                 try:
-                    client.call({}, "echo", value=1)
-                    with lock:
-                        ok["calls"] += 1
+                    # 10 ms of work: a few calls are always running on each server.
+                    result: object = client.call({}, "record", key=key, seconds=0.01)
                 except grpcrpc.GrpcrpcError as err:
-                    with lock:
-                        errors.append(err)
+                    result = err
+                with lock:
+                    outcome[key] = result
+                    ok["calls"] += isinstance(result, str)
 
-        pool = [threading.Thread(target=run) for _ in range(6)]
+        pool = [threading.Thread(target=run, args=(n,)) for n in range(6)]
         for t in pool:
             t.start()
         deadline = time.monotonic() + 30
@@ -101,12 +121,24 @@ def test_server_killed_under_load_fails_only_in_flight_calls() -> None:
         for t in pool:
             t.join(20)
         assert not any(t.is_alive() for t in pool), "a caller hung"
+        answered = {k: v for k, v in outcome.items() if isinstance(v, str)}
+        errors = {k: v for k, v in outcome.items() if not isinstance(v, str)}
+        survivor_ran = {k for k, v in answered.items() if v == "v1"}
+        wait_until(lambda: survivor_ran <= set(ran[1]), what="the survivor's output")
+        runs = collections.Counter(ran[0] + ran[1])
+        assert not [k for k, n in runs.items() if n > 1], "a call ran twice"
+        for key, server in answered.items():  # each answered call ran once, where it answered
+            assert key in ran[int(str(server)[1])], (key, server)
+        # The calls running on the victim when it died: failed, named, and never sent again.
+        in_flight = set(ran[0]) - set(answered)
+        assert in_flight, "no call was running on the victim when it was killed"
+        assert set(errors) >= in_flight
+        assert not in_flight & set(ran[1]), "a call in flight on the victim was resent"
         # At most the calls in flight on the dead server fail (one per thread), and only with
         # DeliveryError; everything after goes to the survivor.
         assert len(errors) <= 6, errors
-        assert all(isinstance(e, grpcrpc.DeliveryError) for e in errors), errors
+        assert all(isinstance(e, grpcrpc.DeliveryError) for e in errors.values()), errors
         assert ok["calls"] >= killed_at + 500
-        assert client.transport.balancer.ejections.is_ejected(addresses[0]) or errors == []
         client.close()
     finally:
         for p in procs:

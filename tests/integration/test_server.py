@@ -8,6 +8,7 @@ import pathlib
 import socket
 import subprocess
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -18,14 +19,17 @@ import grpcrpc
 from grpcrpc import (
     ClientTLS,
     Endpoint,
+    Limits,
     RPCServer,
     ServerThread,
     ServerTLS,
     Target,
     TransportOptions,
 )
+from grpcrpc import envelope as ev
 from grpcrpc.dispatcher import Dispatcher, Handler
 from grpcrpc.testing import Cluster
+from grpcrpc.transport.base import UNARY_METHOD
 from tests.conftest import wait_until
 
 
@@ -34,8 +38,10 @@ class Named:
         self.name = name
         self.release = threading.Event()
         self.started = threading.Event()
+        self.ran = 0  # whoami calls this server ran
 
     def whoami(self, ctxt: Any) -> str:
+        self.ran += 1
         return self.name
 
     def slow(self, ctxt: Any) -> str:
@@ -124,18 +130,89 @@ def test_stop_drains_in_flight_and_new_calls_go_elsewhere() -> None:
 
 
 def test_stopping_server_answer_is_retried_elsewhere() -> None:
-    """A server that refuses because it is stopping never ran the message: safe to resend."""
+    """A server that refuses because it is stopping never ran the message: safe to resend.
+
+    A real `stop()`: a call still running keeps the server draining (its port open, answering
+    "stopping"), while a client with a stale table still sends to it."""
     with Cluster() as cluster:
         a, b = Named("a"), Named("b")
         sa = cluster.serve(Target(topic="t", server="a"), [a])
         cluster.serve(Target(topic="t", server="b"), [b])
-        # A stale static table still lists the stopping server.
         stale = grpcrpc.StaticResolver(list(cluster.discovery.table.endpoints))
-        sa.server._servicer.stopping = True
-        with grpcrpc.RPCClient(stale, Target(topic="t"),
+        # Taking turns sends a message to the stopping server whenever it is not ejected.
+        with grpcrpc.RPCClient(stale, Target(topic="t"), timeout=30,
                                options=TransportOptions(balancer="round_robin")) as client:
-            assert {client.call({}, "whoami") for _ in range(10)} == {"b"}
-        sa.server._servicer.stopping = False
+            result: list[str] = []
+            caller = threading.Thread(
+                target=lambda: result.append(client.prepare(server="a").call({}, "slow")))
+            caller.start()
+            wait_until(a.started.is_set, what="a call running on a")
+            stopper = threading.Thread(target=sa.stop, kwargs={"grace": 20})
+            stopper.start()
+            wait_until(lambda: len(cluster.discovery.table) == 1, what="a withdrawn, draining")
+            assert [client.call({}, "whoami") for _ in range(10)] == ["b"] * 10
+            # Only a "stopping" answer ejects a server whose port still answers.
+            assert client.transport.balancer.ejections.is_ejected(sa.address)
+            a.release.set()
+            caller.join(10)
+            stopper.join(10)
+        assert a.ran == 0 and b.ran == 10
+        assert result == ["a"], "the call running on the stopping server was not drained"
+
+
+def test_a_queued_call_whose_deadline_passed_is_dropped_not_run_late() -> None:
+    """docs/architecture.md: "a call whose budget expired while it waited in the server's
+    queue is dropped there, not run late". A one-thread pool is kept busy while calls wait
+    behind it and their budgets run out; then the thread frees up."""
+
+    class OneThread:
+        def __init__(self) -> None:
+            self.started, self.release = threading.Event(), threading.Event()
+            self.late_runs: list[str] = []
+
+        def block(self, ctxt: Any) -> str:
+            self.started.set()
+            self.release.wait(30)
+            return "blocked"
+
+        def late(self, ctxt: Any, kind: str) -> str:
+            self.late_runs.append(kind)
+            return "ran late"
+
+        def mark(self, ctxt: Any) -> str:
+            return "mark"
+
+    with Cluster() as cluster:
+        ep = OneThread()
+        server = cluster.serve(Target(topic="t", server="one"), [ep],
+                               limits=Limits(threads=1, queue=8))
+        client = cluster.client(Target(topic="t"), timeout=30)
+        blocker = threading.Thread(target=client.call, args=({}, "block"))
+        blocker.start()
+        wait_until(ep.started.is_set, what="the only thread busy")
+        # A client's call queued behind it: its caller gives up at its deadline (and tells the
+        # server so).
+        with pytest.raises(grpcrpc.MessagingTimeout):
+            client.prepare(timeout=0.5).call({}, "late", kind="client")
+        # A caller that never says anything more: only the deadline in its envelope (0.5 s)
+        # can stop the work. It waits for the answer, however late.
+        raw = ev.build_envelope("raw-1", Target(topic="t"), "late", b'{"kind": "raw"}', b"{}",
+                                timeout_ms=500).SerializeToString()
+        answer: list[ev.Reply] = []
+        with grpc.insecure_channel(server.address) as channel:
+            unary = channel.unary_unary(UNARY_METHOD)
+            waiter = threading.Thread(target=lambda: answer.append(
+                ev.parse_reply(unary(raw, timeout=30))))
+            started = time.monotonic()
+            waiter.start()
+            wait_until(lambda: time.monotonic() > started + 0.7, what="the raw call's budget")
+            ep.release.set()
+            waiter.join(10)
+        # Queued after both: when it has run, the only thread has passed them.
+        assert client.call({}, "mark") == "mark"
+        blocker.join(10)
+        assert ep.late_runs == [], "a call whose caller's budget had run out ran late"
+        assert answer and answer[0].failure.code == ev.ErrorCode.EXPIRED, answer
 
 
 def test_connection_refused_is_retried_on_another_endpoint() -> None:

@@ -18,6 +18,11 @@ from tests.oslo.conftest import ServerProcess, grpc_url, start_servers
 
 pytest.importorskip("eventlet")
 
+# docs/oslo.md: the longest the hub went without running a 10 ms ticker through 1,000 calls,
+# by how many green threads call at once (measured 25-90 ms, up to 0.8 s under load, and
+# 0.1-1 s; bounds with room for a loaded test machine).
+HUB_GAP = {32: 1.0, 1000: 2.5}
+
 
 def test_green_process_calls_and_serves(etcd: EtcdServer, servers: list[ServerProcess]) -> None:
     url = grpc_url(etcd)
@@ -31,9 +36,16 @@ def test_green_process_calls_and_serves(etcd: EtcdServer, servers: list[ServerPr
     assert result["slow_call"] == "plain"
     # The hub kept running while a green thread waited a second for its answer...
     assert result["ticks_during_slow_call"] >= 20, result
-    # ... and never stalled for long through 1,000 concurrent green calls.
-    assert result["max_hub_gap"] < 0.5, result
-    assert result["concurrent_remote_ok"] and result["concurrent_local_ok"]
+    # ... and through 1,000 calls from green threads, 32 and then all 1,000 at once (to
+    # another process, and to a server in this one), it kept running the ticker.
+    for name in ("remote", "local"):
+        for at_once, bound in HUB_GAP.items():
+            key = f"concurrent_{name}_{at_once}"
+            assert result[f"{key}_ok"], result
+            assert result[f"{key}_most_in_flight"] == at_once, result
+            assert result[f"{key}_hub_gap"] < bound, {k: v for k, v in result.items()
+                                                     if k.startswith(key)}
+    assert result["max_hub_gap"] < HUB_GAP[32], result
     assert result["local_whoami"] == "green"
     assert result["remote_error"] == ["AppError_Remote", {"code": 5, "server": "plain"}]
     assert result["timeout"] is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -85,34 +86,70 @@ async def test_stream_in_flight_bound() -> None:
 
 
 def test_streams_over_the_connection_limit_are_overloaded_never_lost() -> None:
-    """More concurrent unary calls on one connection than the server's stream limit: each
-    either succeeds or gets Overloaded (never processed), nothing in doubt."""
-    class Echo:
-        def echo(self, ctxt: Any, x: int) -> int:
+    """More concurrent calls on one connection than the server's HTTP/2 stream limit: the
+    limit is reached and never passed, and each call either succeeds (run once) or gets
+    Overloaded (never run), nothing in doubt.
+
+    A blocking client puts small messages on one stream per endpoint, so its calls are
+    over 64 KiB here: each then goes as a unary RPC, one HTTP/2 stream per call in flight."""
+    limit, callers = 20, 60
+
+    class Hold:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.running = self.most = 0
+            self.ran: list[int] = []
+            self.release = threading.Event()
+
+        def hold(self, ctxt: Any, x: int, blob: str) -> int:
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+                self.ran.append(x)
+            self.release.wait(30)
+            with self.lock:
+                self.running -= 1
             return x
 
+    ep = Hold()
+    blob = "x" * 70_000
     with Cluster() as cluster:
-        cluster.serve(Target(topic="svc", server="s"), [Echo()],
-                      limits=Limits(threads=8, queue=1000, per_connection=2000,
-                                    streams_per_connection=20))
+        cluster.serve(Target(topic="svc", server="s"), [ep],
+                      limits=Limits(threads=2 * callers, queue=1000, per_connection=2000,
+                                    streams_per_connection=limit))
         client = cluster.client(Target(topic="svc"), timeout=30)
-        outcomes: list[object] = []
+        outcomes: dict[int, object] = {}
         lock = threading.Lock()
+        entered: list[int] = []
 
-        def work() -> None:
-            for i in range(10):
-                try:
-                    result: object = client.call({}, "echo", x=i)
-                except grpcrpc.GrpcrpcError as err:
-                    result = err
-                with lock:
-                    outcomes.append(result)
+        def work(x: int) -> None:
+            entered.append(x)
+            try:
+                result: object = client.call({}, "hold", x=x, blob=blob)
+            except grpcrpc.GrpcrpcError as err:
+                result = err
+            with lock:
+                outcomes[x] = result
 
-        threads = [threading.Thread(target=work) for _ in range(100)]
+        threads = [threading.Thread(target=work, args=(x,)) for x in range(callers)]
         for t in threads:
             t.start()
+        # The limit is reached: as many calls run at once as the connection may have streams
+        # (each holds its thread until released), with three times as many callers waiting.
+        wait_until(lambda: len(entered) == callers and ep.running == limit, timeout=30,
+                   what=f"{limit} calls running, every caller calling")
+        # ... and holds: a limit is shown only by watching it a while (without one, all 60
+        # run within milliseconds of being sent).
+        watch_until = time.monotonic() + 0.5
+        while time.monotonic() < watch_until:
+            assert ep.running <= limit
+            time.sleep(0.01)
+        ep.release.set()
         for t in threads:
             t.join(60)
-        errors = [o for o in outcomes if isinstance(o, Exception)]
-        assert len(outcomes) == 1000
-        assert all(isinstance(e, grpcrpc.Overloaded) for e in errors), errors[:3]
+        assert len(outcomes) == callers
+        assert ep.most == limit, "the connection had more streams open than its limit"
+        errors = {x: o for x, o in outcomes.items() if isinstance(o, Exception)}
+        assert all(isinstance(e, grpcrpc.Overloaded) for e in errors.values()), errors
+        # Never lost, never twice: each answered call ran once, no refused one ran.
+        assert sorted(ep.ran) == sorted(x for x, o in outcomes.items() if o == x)
