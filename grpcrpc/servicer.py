@@ -23,13 +23,15 @@ from google.protobuf.message import Message
 
 from grpcrpc import envelope as ev
 from grpcrpc import tracing
+from grpcrpc._ratelog import RateLimitedLog
+from grpcrpc.admission import Admission, FairPool
 from grpcrpc.auth import ServerAuth
 from grpcrpc.deadline import Incoming, reset_current_message, set_current_message
 from grpcrpc.dispatcher import Dispatcher, Handler
 from grpcrpc.exceptions import GrpcrpcError, InvalidEnvelope, NoSuchMethod, UnsupportedVersion
 from grpcrpc.generated.v1 import transport_pb2 as tpb
 from grpcrpc.serializer import NoOpSerializer, Serializer
-from grpcrpc.transport.batching import BATCH_BYTES, Outbox
+from grpcrpc.transport.batching import BATCH_BYTES, Outbox, count_batch
 
 __all__ = ["EnvelopeServicer", "Identity", "Limits"]
 
@@ -47,6 +49,9 @@ _Accepted = tuple["ev.Envelope | None", "_Ticket | None", "ev.Reply | None"]
 
 log = logging.getLogger("grpcrpc.server")
 _OUTCOME = "outcome"
+# A batch is handled in slices of this many envelopes, yielding to the loop in between, so
+# one large batch cannot hold the server's loop (and every other peer) while it is handled.
+_BATCH_SLICE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +70,9 @@ class Limits:
     # one peer at its limit gets OVERLOADED, and the rest of the server stays for the others.
     per_connection: int = 256
     # HTTP/2 streams one connection may open at once (a blocking client's unary calls are one
-    # stream each, so this bounds its threads' calls in flight per connection).
-    streams_per_connection: int = 1000
+    # stream each, so this bounds its threads' calls in flight per connection, and what one
+    # connection can queue in gRPC core ahead of everyone else's calls).
+    streams_per_connection: int = 100
     max_message_size: int = 4 * 1024 * 1024
     # What one envelope may carry, checked before anything acts on it (INVALID_ENVELOPE):
     # every string field (id, method, exchange, topic, server, namespace, version, az, header
@@ -74,6 +80,34 @@ class Limits:
     max_name: int = ev.MAX_NAME
     max_header_value: int = ev.MAX_HEADER_VALUE
     max_header_bytes: int = ev.MAX_HEADER_BYTES
+    # The most of the thread pool (threads + queue), and of the coroutine slots, that one
+    # connection may hold: the rest stays for the others however greedy one peer is. Queued
+    # plain-function calls are then taken round-robin by connection.
+    connection_share: float = 0.5
+    # Envelopes in one `Batches` message: a batch over this is refused whole, unparsed.
+    # (grpcrpc's clients write batches of at most 64 KiB, far fewer envelopes than this.)
+    batch_envelopes: int = 4096
+    # Reply bytes queued for one stream, and for all streams of one connection, that the peer
+    # has not taken yet (HTTP/2 flow control): over either, the server stops reading that
+    # stream until the peer reads, so a peer that never reads cannot make replies pile up.
+    stream_unsent_bytes: int = 4 * 1024 * 1024
+    connection_unsent_bytes: int = 16 * 1024 * 1024
+    # Connections: how many at once (fewer if the file descriptor limit, raised to its hard
+    # limit at start, leaves less room); seconds a new connection may take to speak HTTP/2;
+    # seconds one may sit with no call before the server closes it (GOAWAY: a client
+    # reconnects when it next needs to); optionally seconds one may live at all, then seconds
+    # of grace for what is still in flight on it (None: no age limit, as streams are long-lived).
+    max_connections: int = 10_000
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    max_connection_age: float | None = None
+    max_connection_age_grace: float = 30.0
+
+    def admission(self) -> Admission:
+        """The per-connection accounting of these limits."""
+        return Admission(per_connection=self.per_connection, sync_capacity=self.sync_capacity,
+                         coroutines=self.coroutines, share=self.connection_share,
+                         connection_unsent=self.connection_unsent_bytes)
 
     @property
     def sync_capacity(self) -> int:
@@ -110,7 +144,10 @@ class EnvelopeServicer:
     ) -> None:
         self.identity = identity
         self.auth = auth
-        self._per_peer: dict[str, int] = {}
+        self._admission = limits.admission()
+        # Refusals a peer can cause at will are logged at a bounded rate (one 4 MB batch of
+        # unauthenticated envelopes once wrote 37 MB of warnings).
+        self._refusals = RateLimitedLog(log)
         self.dispatcher = dispatcher
         self.serializer = serializer
         # The default serializer changes nothing: skip its per-value calls on the hot path.
@@ -118,11 +155,7 @@ class EnvelopeServicer:
         self.limits = limits
         self.send_tracebacks = send_tracebacks
         self.stopping = False
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=limits.threads, thread_name_prefix=f"grpcrpc-{identity.topic}"
-        )
-        self._sync_active = 0
-        self._async_active = 0
+        self._pool = FairPool(limits.threads, f"grpcrpc-{identity.topic}")
         self._busy = 0  # envelopes admitted and not finished (calls and casts)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -142,7 +175,10 @@ class EnvelopeServicer:
         )
 
     async def unary(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        env, ticket, reply = self._accept(raw, self._identify(context), context.peer())
+        identity, peer = self._identify(context), context.peer()
+        if self._unauthenticated(identity, peer):
+            return self._encode(ev.reply_failure("", ev.ErrorCode.UNAUTHORIZED, "not authorized"))
+        env, ticket, reply = self._accept(raw, identity, peer)
         if reply is None:
             if env is None or ticket is None:
                 # A cancel envelope: on Unary there is nothing in flight it could name (cancel
@@ -173,12 +209,17 @@ class EnvelopeServicer:
         # Read while the call lives: grpc.aio's context.peer() on a finished call crashes the
         # process (a segfault, seen when a client cancelled its stream under a pending write).
         identity, peer = self._identify(context), context.peer()
+        if self._unauthenticated(identity, peer):
+            # Before reading a byte of it: a stream with no valid credentials costs nothing.
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "not authorized")
 
         def write_failed(error: BaseException, unsent: list[None]) -> None:
             log.debug("stream to %s broke while replying: %s", peer, error)
 
-        outbox: Outbox[None] = Outbox(context.write, BATCH_BYTES, write_failed,
-                                      batched=batched)
+        admission = self._admission
+        outbox: Outbox[None] = Outbox(
+            context.write, BATCH_BYTES, write_failed, batched=batched,
+            on_unsent=lambda delta: admission.unsent_changed(peer, delta))
 
         def send(reply: ev.Reply) -> None:
             if not outbox.failed:  # the caller is gone: it sees the broken stream
@@ -216,14 +257,24 @@ class EnvelopeServicer:
                     return
             send(reply)
 
+        async def room() -> None:
+            # Backpressure: while the peer has not taken what it was sent, read no more of it.
+            if outbox.unsent > self.limits.stream_unsent_bytes:
+                await outbox.drained(self.limits.stream_unsent_bytes)
+            await admission.room(peer)
+
+        reader = aiter(requests)
         try:
-            async for raw in requests:
+            while True:
+                await room()
+                try:
+                    raw = await anext(reader)
+                except StopAsyncIteration:
+                    break
                 if batched:
-                    try:
-                        envelopes = list(tpb.EnvelopeBatch.FromString(raw).envelopes)
-                    except Exception as err:  # DecodeError: not a batch at all
-                        send(ev.reply_failure("", ev.ErrorCode.INVALID_ENVELOPE,
-                                              f"not an envelope batch: {err}"))
+                    envelopes, failure = self._parse_batch(raw)
+                    if failure is not None:
+                        send(failure)
                         continue
                 else:
                     env, failure = self._parse(raw)
@@ -231,7 +282,10 @@ class EnvelopeServicer:
                         send(failure or ev.reply_failure("", ev.ErrorCode.INVALID_ENVELOPE, "?"))
                         continue
                     envelopes = [env]
-                for env in envelopes:
+                for i, env in enumerate(envelopes):
+                    if i and not i % _BATCH_SLICE:
+                        await asyncio.sleep(0)  # let the other peers' work run
+                        await room()
                     await handle(env)
         finally:
             # The caller half-closed (or went away): finish what it is still waiting for.
@@ -258,6 +312,32 @@ class EnvelopeServicer:
         assert env is not None
         ticket, reply = self._admit(env, identity, peer)
         return env, ticket, reply
+
+    def _unauthenticated(self, identity: str | None, peer: str) -> bool:
+        """True (and a rate-limited log line) for a caller with no valid credentials on a
+        server that requires them: refused before anything it sent is parsed."""
+        if self.auth is None or identity is not None:
+            return False
+        self._refusals.warning("unauthenticated",
+                               "unauthorized: unauthenticated caller refused (peer %s)", peer)
+        return True
+
+    def _parse_batch(self, raw: bytes) -> tuple[list[ev.Envelope], ev.Reply | None]:
+        """The envelopes of one `Batches` message, counted before anything is parsed."""
+        limit = self.limits.batch_envelopes
+        try:
+            count = count_batch(raw, limit)
+        except ValueError as err:
+            return [], ev.reply_failure("", ev.ErrorCode.INVALID_ENVELOPE,
+                                        f"not an envelope batch: {err}")
+        if count > limit:
+            return [], ev.reply_failure("", ev.ErrorCode.INVALID_ENVELOPE,
+                                        f"a batch of more than {limit} envelopes")
+        try:
+            return list(tpb.EnvelopeBatch.FromString(raw).envelopes), None
+        except Exception as err:  # DecodeError: not a batch at all
+            return [], ev.reply_failure("", ev.ErrorCode.INVALID_ENVELOPE,
+                                        f"not an envelope batch: {err}")
 
     @staticmethod
     def _parse(raw: bytes) -> tuple[ev.Envelope | None, ev.Reply | None]:
@@ -292,8 +372,9 @@ class EnvelopeServicer:
             op = ev.operation(env)
             if not self.auth.allows(identity, op, t.topic, env.method):
                 # Who and what, for the operator; nothing that helps the caller.
-                log.warning("unauthorized: %s may not %s %s.%s (peer %s)",
-                            identity or "unauthenticated caller", op, t.topic, env.method, peer)
+                self._refusals.warning(
+                    "unauthorized", "unauthorized: %s may not %s %s.%s (peer %s)",
+                    identity or "unauthenticated caller", op, t.topic, env.method, peer)
                 return None, ev.reply_failure(env.id, ev.ErrorCode.UNAUTHORIZED,
                                                    "not authorized")
         if self.stopping:
@@ -307,18 +388,9 @@ class EnvelopeServicer:
             return None, ev.reply_failure(env.id, ev.ErrorCode.NO_SUCH_METHOD, str(err))
         except UnsupportedVersion as err:
             return None, ev.reply_failure(env.id, ev.ErrorCode.UNSUPPORTED_VERSION, str(err))
-        held = self._per_peer.get(peer, 0)
-        if held >= self.limits.per_connection:
-            return None, self._overloaded(env, "this connection's share")
-        if handler.is_async:
-            if self._async_active >= self.limits.coroutines:
-                return None, self._overloaded(env, "coroutine")
-            self._async_active += 1
-        else:
-            if self._sync_active >= self.limits.sync_capacity:
-                return None, self._overloaded(env, "thread pool")
-            self._sync_active += 1
-        self._per_peer[peer] = held + 1
+        full = self._admission.admit(peer, is_async=handler.is_async)
+        if full:
+            return None, self._overloaded(env, full)
         self._busy += 1
         self._idle.clear()
         return _Ticket(handler, peer), None
@@ -334,7 +406,8 @@ class EnvelopeServicer:
         return ""
 
     def _overloaded(self, env: ev.Envelope, what: str) -> ev.Reply:
-        log.warning("overloaded: %s full, refusing %s.%s", what, env.target.topic, env.method)
+        self._refusals.warning("overloaded", "overloaded: %s full, refusing %s.%s", what,
+                               env.target.topic, env.method)
         if env.cast:
             tracing.record_cast(self.identity.topic, accepted=False)
         return ev.reply_failure(env.id, ev.ErrorCode.OVERLOADED, f"server overloaded ({what} full)")
@@ -477,8 +550,8 @@ class EnvelopeServicer:
         try:
             # The thread runs in a copy of this task's context: the trace and the message being
             # served (its deadline) follow the call into plain-function endpoints.
-            cf = self._executor.submit(contextvars.copy_context().run, _run_sync, handler.func,
-                                       ctxt, args, kwargs, deadline)
+            cf = self._pool.submit(ticket.peer, contextvars.copy_context().run, _run_sync,
+                                   handler.func, ctxt, args, kwargs, deadline)
         except RuntimeError:  # the pool was shut down under us
             self._release(ticket)
             raise
@@ -514,15 +587,7 @@ class EnvelopeServicer:
             done.set_result(cf.result())
 
     def _release(self, ticket: _Ticket) -> None:
-        if ticket.handler.is_async:
-            self._async_active -= 1
-        else:
-            self._sync_active -= 1
-        held = self._per_peer[ticket.peer] - 1
-        if held:
-            self._per_peer[ticket.peer] = held
-        else:
-            del self._per_peer[ticket.peer]
+        self._admission.release(ticket.peer, is_async=ticket.handler.is_async)
         self._busy -= 1
         if self._busy == 0:
             self._idle.set()
@@ -553,7 +618,7 @@ class EnvelopeServicer:
         for task in list(self._casts):
             task.cancel()
         await asyncio.gather(*self._casts, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
 
     @property
     def busy(self) -> int:

@@ -29,6 +29,7 @@ from grpcrpc.exceptions import (
     MessageTooLarge,
     MessagingTimeout,
     NoEndpoints,
+    Overloaded,
     Unauthorized,
 )
 from grpcrpc.fanout import FanoutReport
@@ -76,7 +77,8 @@ BROADCASTER_EXCHANGE = "grpcrpc"
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 
 # Replies that mean "this server did not accept the message": safe to send it elsewhere.
-NOT_ACCEPTED = frozenset({ev.ErrorCode.STOPPING, ev.ErrorCode.MISROUTED})
+NOT_ACCEPTED = frozenset({ev.ErrorCode.STOPPING, ev.ErrorCode.MISROUTED,
+                          ev.ErrorCode.OVERLOADED})
 
 @dataclass(frozen=True, slots=True)
 class TransportOptions:
@@ -376,8 +378,8 @@ class Attempts:
     ```
     """
 
-    __slots__ = ("_accept", "_by_accept", "_deadline", "_last", "_left", "_refused", "_target",
-                 "_transport", "_tried")
+    __slots__ = ("_accept", "_by_accept", "_deadline", "_last", "_left", "_overloaded",
+                 "_refused", "_target", "_transport", "_tried")
 
     def __init__(
         self, transport: TransportBase, target: Target, timeout: float | None,
@@ -395,6 +397,9 @@ class Attempts:
         self._left = max(1, attempts)
         self._last = ""
         self._refused = 0  # connections refused by the TLS handshake
+        # The last OVERLOADED refusal: an admission refusal is never delivered, so another
+        # endpoint may take the message; if none does, the caller hears Overloaded.
+        self._overloaded = ""
 
     def remaining(self) -> float | None:
         if self._deadline is None:
@@ -426,6 +431,7 @@ class Attempts:
             raise MessagingTimeout(f"{self._target.topic}: timed out before it could be sent")
         if self._left <= 0:
             self._raise_refused()
+            self._raise_overloaded()
             raise NoEndpoints(
                 f"{_describe(self._target, self._transport.options)}: no endpoint took the "
                 f"message (last: {self._last})"
@@ -435,7 +441,13 @@ class Attempts:
             return self._transport.choose(self._target, self._tried, self._last)
         except NoEndpoints:
             self._raise_refused()
+            if self._tried:
+                self._raise_overloaded()
             raise
+
+    def _raise_overloaded(self) -> None:
+        if self._overloaded:
+            raise Overloaded(self._overloaded)
 
     def _raise_refused(self) -> None:
         if self._refused and self._refused == len(self._tried):
@@ -461,6 +473,8 @@ class Attempts:
         if reply.WhichOneof("outcome") == "failure" and reply.failure.code in NOT_ACCEPTED:
             if reply.failure.code == ev.ErrorCode.STOPPING:
                 self._transport.balancer.ejections.eject(endpoint.address)
+            if reply.failure.code == ev.ErrorCode.OVERLOADED:
+                self._overloaded = f"{endpoint.address}: {reply.failure.message}"
             self._tried |= {endpoint.address}
             self._last = f"{endpoint.address}: {reply.failure.message}"
             return False

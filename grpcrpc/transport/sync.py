@@ -44,6 +44,7 @@ from grpcrpc.exceptions import (
     DeliveryError,
     GrpcrpcError,
     MessagingTimeout,
+    Unauthorized,
 )
 from grpcrpc.fanout import Failed
 from grpcrpc.generated.v1 import transport_pb2 as tpb
@@ -114,6 +115,9 @@ class _Stream:
         self._lock = threading.Lock()
         self.broken = False
         self._why = "stream closed"  # why it broke, for a caller who comes after
+        # A server that refused the stream itself (no valid credentials) refuses the next
+        # message too: that caller hears the refusal, not "try another endpoint".
+        self._refused: Unauthorized | None = None
         self._closing = False
         # When the server was last heard from (or, while nothing waited, last sent to).
         self.heard = time.monotonic()
@@ -129,6 +133,8 @@ class _Stream:
         waiter = _Waiter()
         with self._lock:
             if self.broken:
+                if self._refused is not None:
+                    raise Unauthorized(str(self._refused))
                 raise NotSent(self._why)
             if not self._pending:  # silence counts from the first message waiting
                 self.heard = time.monotonic()
@@ -194,6 +200,8 @@ class _Stream:
         with self._lock:
             self.broken = True
             self._why = str(failure) or self._why
+            if isinstance(failure, Unauthorized):
+                self._refused = failure
             unsent: set[str] = set()
             while True:  # still queued: provably never written, safe to send elsewhere
                 try:
