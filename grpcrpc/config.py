@@ -76,6 +76,21 @@ def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return parse
 
 
+def _optional_positive(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    return float(_positive(float)(value))
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    v = float(value)
+    if not 0 < v <= 1:
+        raise ValueError("expected a fraction, 0 < x <= 1")
+    return v
+
+
 def _optional_str(value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -177,6 +192,31 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_header_bytes", 16384, _positive(int),
            "Most characters in all of an envelope's header names and values together.",
            "server"),
+    Option("connection_share", 0.5, _fraction,
+           "Most of the thread pool (threads + queue), and of coroutine slots, one connection may "
+           "hold; queued calls are taken round-robin by connection.", "limits"),
+    Option("batch_envelopes", 4096, _positive(int),
+           "Envelopes in one Batches message; a larger batch is refused whole, unparsed.",
+           "limits"),
+    Option("stream_unsent_bytes", 4 * 1024 * 1024, _positive(int),
+           "Reply bytes queued for one stream that its peer has not read; over it, the server "
+           "stops reading that stream until the peer reads.", "limits"),
+    Option("connection_unsent_bytes", 16 * 1024 * 1024, _positive(int),
+           "The same bound for all streams of one connection together.", "limits"),
+    Option("max_connections", 10_000, _positive(int),
+           "Connections a server holds at once (fewer if the file descriptor limit, raised to "
+           "its hard limit at start, leaves less room: it keeps 256 for itself).", "limits"),
+    Option("handshake_timeout", 10.0, _positive(float),
+           "Seconds a new connection may take to speak HTTP/2 (and finish TLS) before it is "
+           "closed.", "limits"),
+    Option("idle_timeout", 300.0, _positive(float),
+           "Seconds a connection may sit with no call before the server closes it (GOAWAY; "
+           "clients reconnect when they next need to).", "limits"),
+    Option("max_connection_age", None, _optional_positive,
+           "Seconds a connection may live at all (default: no limit; streams are long-lived).",
+           "limits"),
+    Option("max_connection_age_grace", 30.0, _positive(float),
+           "Seconds of grace after max_connection_age for calls still in flight.", "limits"),
     Option("tls_cert_file", None, _optional_str, "Server certificate (turns TLS on).", "tls"),
     Option("tls_key_file", None, _optional_str, "Server private key.", "tls"),
     Option("tls_client_ca_file", None, _optional_str,
@@ -301,10 +341,17 @@ class Config:
         return {
             "host": v["bind_host"], "port_range": v["port_range"],
             "advertise_host": v["advertise_host"], "az": v["az"], "tls": self.server_tls(),
-            "limits": Limits(threads=v["threads"], queue=v["queue"],
-                             max_message_size=v["max_message_size"],
-                             max_name=v["max_name"], max_header_value=v["max_header_value"],
-                             max_header_bytes=v["max_header_bytes"]),
+            "limits": Limits(
+                threads=v["threads"], queue=v["queue"], max_message_size=v["max_message_size"],
+                max_name=v["max_name"], max_header_value=v["max_header_value"],
+                max_header_bytes=v["max_header_bytes"],
+                connection_share=v["connection_share"], batch_envelopes=v["batch_envelopes"],
+                stream_unsent_bytes=v["stream_unsent_bytes"],
+                connection_unsent_bytes=v["connection_unsent_bytes"],
+                max_connections=v["max_connections"],
+                handshake_timeout=v["handshake_timeout"], idle_timeout=v["idle_timeout"],
+                max_connection_age=v["max_connection_age"],
+                max_connection_age_grace=v["max_connection_age_grace"]),
         }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import resource
 import socket
 from collections.abc import Callable, Sequence
 
@@ -24,11 +25,43 @@ from grpcrpc.credentials import ServerTLS
 from grpcrpc.discovery.base import Endpoint, Registry
 from grpcrpc.exceptions import ServerError
 
-__all__ = ["ServiceHost", "hostport"]
+__all__ = ["ServiceHost", "hostport", "raise_nofile_limit"]
 
 log = logging.getLogger("grpcrpc.server")
 
 _WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
+
+
+# File descriptors a server process keeps for what is not a client connection (listeners,
+# its own outgoing channels, etcd, log files, epoll and event fds of gRPC's threads).
+FD_RESERVE = 256
+# Calls gRPC core may hold for the server's loop to pick up (see `_connection_options`).
+PENDING_CALLS = 5_000
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; returns the soft limit now.
+
+    Every connection costs a file descriptor, and the usual soft limit (1,024) is reached by
+    ~1,000 idle sockets: after that the server accepts nobody. The hard limit is what the
+    operator allows (systemd's LimitNOFILE=, /etc/security/limits.conf).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as err:
+            log.warning("cannot raise the file descriptor limit from %d to %d: %s", soft,
+                        target, err)
+    return int(soft)
+
+
+def connection_cap(max_connections: int, nofile: int) -> int:
+    """The connections a server may hold: `max_connections`, or fewer if the file descriptor
+    limit leaves less room (then accepting more would starve everything else of fds)."""
+    return max(16, min(max_connections, nofile - FD_RESERVE))
 
 
 def hostport(host: str, port: int) -> str:
@@ -52,6 +85,11 @@ class ServiceHost:
         tls: ServerTLS | None = None,
         max_message_size: int = 4 * 1024 * 1024,
         max_streams: int = 100,
+        max_connections: int = 10_000,
+        handshake_timeout: float = 10.0,
+        idle_timeout: float = 300.0,
+        max_age: float | None = None,
+        max_age_grace: float = 30.0,
     ) -> None:
         if port_range is not None and not 0 < port_range[0] <= port_range[1] < 65536:
             raise ValueError(f"invalid port_range {port_range}")
@@ -65,6 +103,11 @@ class ServiceHost:
         self.tls = tls
         self.max_message_size = max_message_size
         self.max_streams = max_streams
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.max_age = max_age
+        self.max_age_grace = max_age_grace
         self.endpoint: Endpoint | None = None
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
@@ -82,7 +125,7 @@ class ServiceHost:
             raise ServerError("server already started")
         self._loop = asyncio.get_running_loop()
         m = self.max_message_size
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(options=[*self._connection_options(),
             # A bind must fail honestly, not share a port with another process.
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", m),
@@ -115,6 +158,34 @@ class ServiceHost:
                 raise
         await self._set_health(self._serving())
         return self.endpoint
+
+    def _connection_options(self) -> list[tuple[str, int]]:
+        """Bounds on connections: how many, how long one may take to say anything (a socket
+        that never speaks HTTP/2 is closed after `handshake_timeout`), how long one may sit
+        with no call (`idle_timeout`: GOAWAY, the client reconnects when it needs to), and
+        optionally how long one may live at all (`max_age`, then `max_age_grace` for what
+        is still in flight)."""
+        nofile = raise_nofile_limit()
+        cap = connection_cap(self.max_connections, nofile)
+        if cap < self.max_connections:
+            log.warning("accepting at most %d connections, not %d: the file descriptor limit "
+                        "is %d (raise the hard limit, e.g. systemd LimitNOFILE=)", cap,
+                        self.max_connections, nofile)
+        options = [
+            ("grpc.max_allowed_incoming_connections", cap),
+            ("grpc.server_handshake_timeout_ms", int(self.handshake_timeout * 1000)),
+            ("grpc.max_connection_idle_ms", int(self.idle_timeout * 1000)),
+            # Calls gRPC core holds before the server's loop picks them up. Over its default
+            # (1,000) core cancels new calls server-wide with a bare CANCELLED, and clients
+            # cannot tell that nothing was delivered: one peer's flood failed everyone's new
+            # calls. Each connection holds at most `max_streams` of them.
+            ("grpc.server.max_pending_requests", PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_CALLS),
+        ]
+        if self.max_age is not None:
+            options += [("grpc.max_connection_age_ms", int(self.max_age * 1000)),
+                        ("grpc.max_connection_age_grace_ms", int(self.max_age_grace * 1000))]
+        return options
 
     def _bind(self, server: grpc.aio.Server) -> int:
         creds = self.tls.credentials() if self.tls else None

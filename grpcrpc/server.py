@@ -130,6 +130,11 @@ class RPCServer:
             tls=tls,
             max_message_size=self.limits.max_message_size,
             max_streams=self.limits.streams_per_connection,
+            max_connections=self.limits.max_connections,
+            handshake_timeout=self.limits.handshake_timeout,
+            idle_timeout=self.limits.idle_timeout,
+            max_age=self.limits.max_connection_age,
+            max_age_grace=self.limits.max_connection_age_grace,
         )
         self.endpoint: Endpoint | None = None
         self._stopped = asyncio.Event()
