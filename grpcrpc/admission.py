@@ -6,9 +6,11 @@ fills it makes everyone else wait behind its work. So:
 
 - `Admission` counts, per connection (gRPC's peer string names one TCP connection), what it
   holds: admitted envelopes (`Limits.per_connection`), and its slots in the thread pool and
-  among coroutines, each at most `Limits.connection_share` of the whole. It also counts the
-  reply bytes queued for a connection that it has not read yet (HTTP/2 backpressure), so a
-  peer that stops reading is stopped being read.
+  among coroutines, each at most `Limits.connection_share` of the whole. The last eighth of
+  each is kept for connections that hold little (under a sixteenth): a peer spreading its
+  flood over several connections fills the rest, not the part a quiet peer needs. It also
+  counts the reply bytes queued for a connection that it has not read yet (HTTP/2
+  backpressure), so a peer that stops reading is stopped being read.
 - `FairPool` runs plain functions on a fixed number of threads and, when they are all busy,
   queues work per connection and takes it round-robin: a call from a quiet peer waits for the
   next free thread, not behind everything a greedy peer queued.
@@ -67,6 +69,9 @@ class Admission:
         # the others even when one peer would take everything.
         self.sync_share = max(1, math.ceil(sync_capacity * share))
         self.async_share = max(1, math.ceil(coroutines * share))
+        # The last slots are kept for light connections (holding under `*_light`).
+        self.sync_reserve, self.sync_light = sync_capacity // 8, max(1, sync_capacity // 16)
+        self.async_reserve, self.async_light = coroutines // 8, max(1, coroutines // 16)
         self.connection_unsent = connection_unsent
         self.sync_active = 0
         self.async_active = 0
@@ -92,15 +97,23 @@ class Admission:
         if total >= self.per_connection:
             return "this connection's share"
         if is_async:
+            held = h.async_ if h is not None else 0
             if self.async_active >= self.coroutines:
                 return "coroutine"
-            if h is not None and h.async_ >= self.async_share:
+            if held >= self.async_share:
                 return "this connection's share of coroutines"
+            if (held >= self.async_light
+                    and self.async_active >= self.coroutines - self.async_reserve):
+                return "coroutine (the rest is kept for other connections)"
         else:
+            held = h.sync if h is not None else 0
             if self.sync_active >= self.sync_capacity:
                 return "thread pool"
-            if h is not None and h.sync >= self.sync_share:
+            if held >= self.sync_share:
                 return "this connection's share of the thread pool"
+            if (held >= self.sync_light
+                    and self.sync_active >= self.sync_capacity - self.sync_reserve):
+                return "thread pool (the rest is kept for other connections)"
         h = h if h is not None else self._holding(peer)
         h.total += 1
         if is_async:

@@ -19,13 +19,16 @@ def test_one_connection_holds_at_most_its_share() -> None:
                     connection_unsent=100)
     assert [adm.admit("greedy", is_async=False) for _ in range(6)] == [""] * 5 + [
         "this connection's share of the thread pool"]
-    assert [adm.admit("other", is_async=False) for _ in range(5)] == [""] * 5
-    assert adm.admit("third", is_async=False) == "thread pool"
+    # The last slot (an eighth) is kept for a connection that holds (almost) nothing.
+    assert [adm.admit("other", is_async=False) for _ in range(5)] == [""] * 4 + [
+        "thread pool (the rest is kept for other connections)"]
+    assert adm.admit("third", is_async=False) == ""
+    assert adm.admit("fourth", is_async=False) == "thread pool"
     assert adm.admit("greedy", is_async=True) == ""
     assert adm.admit("greedy", is_async=True) == ""
     assert adm.admit("greedy", is_async=True) == "this connection's share of coroutines"
     adm.release("greedy", is_async=False)
-    assert adm.admit("third", is_async=False) == ""
+    assert adm.admit("fourth", is_async=False) == ""
     for _ in range(4):
         adm.release("greedy", is_async=False)
     adm.release("greedy", is_async=True)
