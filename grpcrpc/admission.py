@@ -6,7 +6,8 @@ fills it makes everyone else wait behind its work. So:
 
 - `Admission` counts, per connection (gRPC's peer string names one TCP connection), what it
   holds: admitted envelopes (`Limits.per_connection`), and its slots in the thread pool and
-  among coroutines, each at most `Limits.connection_share` of the whole. The last eighth of
+  among coroutines, each at most `Limits.connection_share` of the whole while other
+  connections hold some (alone, a connection may use more). The last eighth of
   each is kept for connections that hold little (under a sixteenth): a peer spreading its
   flood over several connections fills the rest, not the part a quiet peer needs. It also
   counts the reply bytes queued for a connection that it has not read yet (HTTP/2
@@ -19,10 +20,10 @@ Both live on the server's event loop (only `FairPool`'s completion hop comes fro
 
 >>> adm = Admission(per_connection=10, sync_capacity=8, coroutines=8, share=0.5,
 ...                 connection_unsent=1 << 20)
->>> [adm.admit("peer-a", is_async=False) for _ in range(5)]
-['', '', '', '', "this connection's share of the thread pool"]
 >>> adm.admit("peer-b", is_async=False)
 ''
+>>> [adm.admit("peer-a", is_async=False) for _ in range(5)]
+['', '', '', '', "this connection's share of the thread pool"]
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class Admission:
             held = h.async_ if h is not None else 0
             if self.async_active >= self.coroutines:
                 return "coroutine"
-            if held >= self.async_share:
+            if held >= self.async_share and self.async_active > held:
                 return "this connection's share of coroutines"
             if (held >= self.async_light
                     and self.async_active >= self.coroutines - self.async_reserve):
@@ -109,7 +110,7 @@ class Admission:
             held = h.sync if h is not None else 0
             if self.sync_active >= self.sync_capacity:
                 return "thread pool"
-            if held >= self.sync_share:
+            if held >= self.sync_share and self.sync_active > held:
                 return "this connection's share of the thread pool"
             if (held >= self.sync_light
                     and self.sync_active >= self.sync_capacity - self.sync_reserve):

@@ -194,7 +194,8 @@ OPTIONS: tuple[Option, ...] = (
            "server"),
     Option("connection_share", 0.5, _fraction,
            "Most of the thread pool (threads + queue), and of coroutine slots, one connection may "
-           "hold; queued calls are taken round-robin by connection.", "limits"),
+           "hold while others hold some; queued calls are taken round-robin by connection.",
+           "limits"),
     Option("batch_envelopes", 4096, _positive(int),
            "Envelopes in one Batches message; a larger batch is refused whole, unparsed.",
            "limits"),

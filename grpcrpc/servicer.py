@@ -81,8 +81,9 @@ class Limits:
     max_header_value: int = ev.MAX_HEADER_VALUE
     max_header_bytes: int = ev.MAX_HEADER_BYTES
     # The most of the thread pool (threads + queue), and of the coroutine slots, that one
-    # connection may hold: the rest stays for the others however greedy one peer is. Queued
-    # plain-function calls are then taken round-robin by connection.
+    # connection may hold while others hold some: the rest stays for them however greedy one
+    # peer is (and the last eighth for connections holding little). Queued plain-function
+    # calls are taken round-robin by connection.
     connection_share: float = 0.5
     # Envelopes in one `Batches` message: a batch over this is refused whole, unparsed.
     # (grpcrpc's clients write batches of at most 64 KiB, far fewer envelopes than this.)

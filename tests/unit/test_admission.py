@@ -17,23 +17,35 @@ from grpcrpc.transport.batching import Outbox, count_batch, frame
 def test_one_connection_holds_at_most_its_share() -> None:
     adm = Admission(per_connection=100, sync_capacity=10, coroutines=4, share=0.5,
                     connection_unsent=100)
+    assert adm.admit("other", is_async=False) == ""
+    # While another connection holds slots, one connection gets at most half.
     assert [adm.admit("greedy", is_async=False) for _ in range(6)] == [""] * 5 + [
         "this connection's share of the thread pool"]
     # The last slot (an eighth) is kept for a connection that holds (almost) nothing.
-    assert [adm.admit("other", is_async=False) for _ in range(5)] == [""] * 4 + [
+    assert [adm.admit("other", is_async=False) for _ in range(4)] == [""] * 3 + [
         "thread pool (the rest is kept for other connections)"]
     assert adm.admit("third", is_async=False) == ""
     assert adm.admit("fourth", is_async=False) == "thread pool"
     assert adm.admit("greedy", is_async=True) == ""
     assert adm.admit("greedy", is_async=True) == ""
-    assert adm.admit("greedy", is_async=True) == "this connection's share of coroutines"
+    assert adm.admit("greedy", is_async=True) == ""  # the only one holding coroutines
+    assert adm.admit("greedy", is_async=True) == ""
+    assert adm.admit("other", is_async=True) == "coroutine"
     adm.release("greedy", is_async=False)
     assert adm.admit("fourth", is_async=False) == ""
     for _ in range(4):
         adm.release("greedy", is_async=False)
-    adm.release("greedy", is_async=True)
-    adm.release("greedy", is_async=True)
+    for _ in range(4):
+        adm.release("greedy", is_async=True)
     assert adm.held("greedy") == 0 and "greedy" not in adm._peers  # forgotten when idle
+
+
+def test_a_connection_alone_may_use_all_but_the_reserve() -> None:
+    adm = Admission(per_connection=100, sync_capacity=16, coroutines=4, share=0.5,
+                    connection_unsent=100)
+    assert [adm.admit("solo", is_async=False) for _ in range(15)] == [""] * 14 + [
+        "thread pool (the rest is kept for other connections)"]
+    assert adm.admit("newcomer", is_async=False) == ""
 
 
 def test_per_connection_bound_comes_first() -> None:
