@@ -214,7 +214,9 @@ class _Stream:
             pending, self._pending = self._pending, {}
         error = broken_stream_error(failure)
         for msg_id, waiter in pending.items():
-            if msg_id in unsent:
+            # Unsent messages may go elsewhere, unless the server refused the stream for our
+            # credentials (before reading it): then that refusal is their answer too.
+            if msg_id in unsent and not isinstance(failure, Unauthorized):
                 waiter.settle(None, NotSent(f"stream @ {self.address} broke before sending"))
             else:
                 waiter.settle(None, error)
