@@ -612,6 +612,7 @@ class Row:
     log_growth_mb: float
     attacker_got: dict[str, int]
     first_failure: str = ""
+    baseline_p99_s: float = 0.0  # the legitimate client's p99 in the 2 s before the attack
 
 
 def _sample_rss(victim: Victim, stop: threading.Event, peak: list[float]) -> None:
@@ -624,8 +625,9 @@ def run_attack(name: str, seconds: float, workdir: str) -> Row:
     title, attack, victim_args, legit_args = ATTACKS[name]
     with start_victim(pathlib.Path(workdir) / name, **victim_args) as victim:
         legit = Legit(victim.address, **legit_args).start()
-        time.sleep(1.0)  # a baseline
+        time.sleep(2.0)  # a baseline: how loaded the machine is without the attack
         base_rss, base_log = victim.rss_mb(), victim.log_bytes()
+        baseline_p99 = legit.p99()
         legit.latencies.clear()
         stop, peak = threading.Event(), [base_rss]
         sampler = threading.Thread(target=_sample_rss, args=(victim, stop, peak), daemon=True)
@@ -640,7 +642,7 @@ def run_attack(name: str, seconds: float, workdir: str) -> Row:
         return Row(title, round(peak[0] - base_rss, 1), len(legit.latencies),
                    len(legit.failures), round(legit.p99(), 3),
                    round((victim.log_bytes() - base_log) / 1e6, 2), dict(got),
-                   legit.failures[0] if legit.failures else "")
+                   legit.failures[0] if legit.failures else "", round(baseline_p99, 3))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -659,14 +661,15 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             print(json.dumps(row.__dict__), flush=True)
     print()
-    print("| attack | server RSS growth | legit calls / failures | legit p99 | log growth | "
-          "attacker got |")
+    print("| attack | server RSS growth | legit calls / failures | legit p99 (baseline) | "
+          "log growth | attacker got |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         got = ", ".join(f"{k} x{v}" if v else k for k, v in
                         sorted(r.attacker_got.items(), key=lambda kv: -kv[1])[:5])
         print(f"| {r.attack} | {r.rss_growth_mb:+.0f} MB | {r.legit_calls} / "
-              f"{r.legit_failures} | {r.legit_p99_s:.2f} s | {r.log_growth_mb:.1f} MB | {got} |")
+              f"{r.legit_failures} | {r.legit_p99_s:.2f} s ({r.baseline_p99_s:.2f} s) | "
+              f"{r.log_growth_mb:.1f} MB | {got} |")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps([r.__dict__ for r in rows], indent=1))
 
