@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["RateLimitedLog"]
+__all__ = ["RateLimitedLog", "SparseFilter"]
 
 
 class RateLimitedLog:
@@ -63,3 +63,34 @@ class RateLimitedLog:
         with self._lock:
             state = self._kinds.get(kind)
             return int(state[2]) if state is not None else 0
+
+
+class SparseFilter(logging.Filter):
+    """For a logger that is not ours: at most one record per `interval` seconds, cut short,
+    saying how many were dropped.
+
+    OpenTelemetry's propagators warn about every malformed trace header they parse, quoting it
+    (a baggage header may be 8 KiB): without this, a peer could fill a server's log at the rate
+    it sends envelopes.
+    """
+
+    def __init__(self, interval: float = 60.0, width: int = 300) -> None:
+        super().__init__()
+        self.interval, self.width = interval, width
+        self._next = 0.0
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            self._dropped += 1
+            return False
+        self._next = now + self.interval
+        text = record.getMessage()
+        if len(text) > self.width:
+            text = text[:self.width] + "..."
+        if self._dropped:
+            text += f" ({self._dropped} more like it in the last {self.interval:.0f}s not logged)"
+            self._dropped = 0
+        record.msg, record.args = text, None
+        return True

@@ -35,6 +35,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
 
+from grpcrpc._ratelog import SparseFilter
+
 __all__ = [
     "SpanCapture",
     "broadcaster_span",
@@ -55,39 +57,9 @@ __all__ = [
 _meter = metrics.get_meter("grpcrpc")
 
 
-class _Sparse(logging.Filter):
-    """At most one record per `interval` seconds, cut short, saying how many were dropped.
-
-    OpenTelemetry's propagators warn about every malformed trace header they parse, quoting it
-    (a baggage header may be 8 KiB): without this, a peer could fill a server's log at the rate
-    it sends envelopes.
-    """
-
-    def __init__(self, interval: float = 60.0, width: int = 300) -> None:
-        super().__init__()
-        self.interval, self.width = interval, width
-        self._next = 0.0
-        self._dropped = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        if now < self._next:
-            self._dropped += 1
-            return False
-        self._next = now + self.interval
-        text = record.getMessage()
-        if len(text) > self.width:
-            text = text[:self.width] + "..."
-        if self._dropped:
-            text += f" ({self._dropped} more like it in the last {self.interval:.0f}s not logged)"
-            self._dropped = 0
-        record.msg, record.args = text, None
-        return True
-
-
 for _name in ("opentelemetry.baggage.propagation", "opentelemetry.trace.span",
               "opentelemetry.trace.propagation.tracecontext"):
-    logging.getLogger(_name).addFilter(_Sparse())
+    logging.getLogger(_name).addFilter(SparseFilter())
 
 SYSTEM = "grpcrpc"
 

@@ -151,3 +151,19 @@ async def test_outbox_counts_unsent_bytes_and_drains() -> None:
     await asyncio.wait_for(drained, 1)
     await box.flush()
     assert box.unsent == 0 and sum(deltas) == 0 and len(written) == 5
+
+
+def test_sparse_filter_passes_one_short_record_per_interval() -> None:
+    from grpcrpc._ratelog import SparseFilter
+
+    f = SparseFilter(interval=60.0, width=10)
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("otel", logging.WARNING, __file__, 1, msg, None, None)
+
+    first = record("x" * 50)
+    assert f.filter(first) and first.getMessage() == "x" * 10 + "..."
+    assert not f.filter(record("again")) and not f.filter(record("again"))
+    f._next = 0.0  # the interval has passed
+    later = record("later")
+    assert f.filter(later) and "2 more like it" in later.getMessage()
