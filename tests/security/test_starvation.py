@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -77,22 +78,35 @@ def victim(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> Iterator[V
         yield v
 
 
-def legit_ok(legit: Legit) -> None:
+def start_legit(victim: Victim, **kwargs: Any) -> tuple[Legit, float]:
+    """The legitimate client, calling; and its p99 over 2 s before any attack (how loaded
+    this shared machine is right now)."""
+    legit = Legit(victim.address, **kwargs).start()
+    time.sleep(2.0)
+    baseline = legit.p99()
+    legit.latencies.clear()
+    return legit, baseline
+
+
+def legit_ok(legit: Legit, baseline: float) -> None:
     legit.stop()
     assert not legit.failures, legit.failures[:3]
     assert legit.latencies, "the legitimate client made no call"
-    assert legit.p99() < P99_LIMIT, f"legitimate p99 {legit.p99():.2f} s"
+    # Under 2 s; on a machine so loaded that calls are slow with no attack at all, that much
+    # more (on a quiet machine the baseline is a few ms: the limit is the issue's 2 s).
+    limit = P99_LIMIT + 2 * baseline
+    assert legit.p99() < limit, f"legitimate p99 {legit.p99():.2f} s (baseline {baseline:.2f} s)"
 
 
 # -- 3: one large batch ---------------------------------------------------------------------
 
 
 def test_an_unauthenticated_4mb_batch_is_refused_before_it_is_parsed(victim: Victim) -> None:
-    legit = Legit(victim.address).start()
+    legit, baseline = start_legit(victim)
     watch = Watch(victim)
     got = attack_batch(victim, 10)
     watch.check()
-    legit_ok(legit)
+    legit_ok(legit, baseline)
     codes = [k for k, v in got.items() if v]
     assert codes == ["UNAUTHENTICATED: not authorized"], got
     # One refusal, one (rate-limited) line: not one per envelope.
@@ -100,7 +114,7 @@ def test_an_unauthenticated_4mb_batch_is_refused_before_it_is_parsed(victim: Vic
 
 
 def test_an_authorised_batch_over_the_envelope_bound_is_refused_whole(victim: Victim) -> None:
-    legit = Legit(victim.address).start()
+    legit, baseline = start_legit(victim)
     channel = grpc.insecure_channel(victim.address)
     md = (("authorization", f"Bearer {GREEDY_TOKEN}"),)
     too_many = batch_bytes([envelope_bytes(f"{i:x}", "echo") for i in range(5000)])
@@ -112,7 +126,7 @@ def test_an_authorised_batch_over_the_envelope_bound_is_refused_whole(victim: Vi
             codes.update(batch_reply_codes(raw))
     finally:
         channel.close()
-    legit_ok(legit)
+    legit_ok(legit, baseline)
     # The oversized batch: one INVALID_ENVELOPE, nothing run; the next batch is served.
     assert codes == {"INVALID_ENVELOPE": 1, "result": 100}, codes
 
@@ -121,7 +135,7 @@ def test_an_authorised_batch_over_the_envelope_bound_is_refused_whole(victim: Vi
 
 
 def test_a_peer_that_never_reads_stops_being_read(victim: Victim) -> None:
-    legit = Legit(victim.address).start()
+    legit, baseline = start_legit(victim)
     watch = Watch(victim)
     peer = NonReadingPeer(victim.address, BATCHES, GREEDY_TOKEN)
     sent, n, stalled = 0, 0, False
@@ -140,7 +154,7 @@ def test_a_peer_that_never_reads_stops_being_read(victim: Victim) -> None:
     finally:
         peer.close()
     watch.check()
-    legit_ok(legit)
+    legit_ok(legit, baseline)
 
 
 # -- 5: idle sockets ------------------------------------------------------------------------
@@ -162,7 +176,7 @@ def _closed_by_server(socks: list[socket.socket]) -> int:
 def test_idle_sockets_do_not_exhaust_file_descriptors(victim: Victim) -> None:
     # The server raised its soft limit (1,024 here) to the hard limit at start.
     assert _nofile_soft(victim.pid) > 1024
-    legit = Legit(victim.address, fresh=True, timeout=5.0).start()
+    legit, baseline = start_legit(victim, fresh=True, timeout=5.0)
     host, port = victim.address.rsplit(":", 1)
     socks = [socket.create_connection((host, int(port)), timeout=5) for _ in range(1124)]
     try:
@@ -175,7 +189,7 @@ def test_idle_sockets_do_not_exhaust_file_descriptors(victim: Victim) -> None:
     finally:
         for s in socks:
             s.close()
-    legit_ok(legit)
+    legit_ok(legit, baseline)
 
 
 @pytest.mark.parametrize("victim", [{"limits": {"max_connections": 50,
@@ -197,11 +211,11 @@ def test_connections_over_the_cap_are_closed_at_once(victim: Victim) -> None:
 
 
 def test_a_unary_flood_never_fails_other_clients_new_calls(victim: Victim) -> None:
-    legit = Legit(victim.address, fresh=True).start()
+    legit, baseline = start_legit(victim, fresh=True)
     watch = Watch(victim)
     got = attack_unary_flood(victim, 8, in_flight=2000, connections=4)
     watch.check()
-    legit_ok(legit)
+    legit_ok(legit, baseline)
     # What the flood got: answers, or refusals that say nothing ran (OVERLOADED, or the
     # HTTP/2 stream refused); never a bare CANCELLED that leaves delivery in doubt.
     named = ("result", "OVERLOADED", "Received RST_STREAM with error code 7")
@@ -214,11 +228,11 @@ def test_a_unary_flood_never_fails_other_clients_new_calls(victim: Victim) -> No
 
 
 def test_a_greedy_connection_gets_its_share_and_others_go_on(victim: Victim) -> None:
-    legit = Legit(victim.address).start()
+    legit, baseline = start_legit(victim)
     watch = Watch(victim)
     got = attack_greedy(victim, 8, in_flight=256)
     watch.check()
-    legit_ok(legit)
+    legit_ok(legit, baseline)
     assert got["accepted"] > 0 and got["OVERLOADED"] > 0, got
     # Refusals are named: OVERLOADED, or HTTP/2 REFUSED_STREAM (error 7) over the stream
     # limit, which grpcrpc's clients report as Overloaded.
