@@ -172,7 +172,9 @@ class Outbox(Generic[K]):
         outbox then refuses new ones."""
         self.failed = True
         unsent = [k for _, k in self._items if k is not None]
-        self._items = []
+        left = sum(len(d) for d, _ in self._items)
+        self._items.clear()
+        self._count(-left)
         if self._writer is not None:
             self._writer.cancel()
         return unsent
