@@ -161,7 +161,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("port_range", None, _port_range,
            "LOW-HIGH: servers take a free port in this range (default: any free port).", "server"),
     Option("advertise_host", None, _optional_str,
-           "Host clients dial, when it differs from bind_host.", "server"),
+           "Host clients dial, when it differs from bind_host. Unset with a wildcard bind_host: "
+           "this host's address toward etcd (loopback only if etcd is on loopback).", "server"),
     Option("threads", 16, _positive(int), "Threads for plain-function endpoints, per server.",
            "server"),
     Option("queue", 256, _positive(int),

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from grpcrpc.discovery import _etcd_client as ec
-from grpcrpc.discovery.base import Endpoint, Registry
+from grpcrpc.discovery.base import Endpoint, Registry, split_address
 
 if TYPE_CHECKING:
     from grpcrpc.discovery.etcd import EtcdConfig
@@ -107,6 +107,10 @@ class EtcdRegistry(Registry):
     def registered(self) -> bool:
         with self._cond:
             return self._is_registered()
+
+    def reached_at(self) -> tuple[str, ...]:
+        """etcd's hosts (servers announce an address on the network that reaches them)."""
+        return tuple(split_address(e)[0] for e in self.config.endpoints)
 
     @property
     def lease_id(self) -> int | None:
