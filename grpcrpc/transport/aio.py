@@ -41,6 +41,7 @@ from grpcrpc.exceptions import (
     DeliveryError,
     GrpcrpcError,
     MessagingTimeout,
+    Overloaded,
 )
 from grpcrpc.generated.v1 import transport_pb2 as tpb
 from grpcrpc.target import Target
@@ -363,6 +364,9 @@ class AsyncTransport(TransportBase):
                 continue
             except MessagingTimeout as err:
                 raise attempts.timed_out(endpoint, err) from None
+            except Overloaded as err:  # refused before it ran (unary, or a stream at opening)
+                attempts.overloaded(endpoint, str(err))
+                continue
             finally:
                 self._done(address)
             if attempts.accepted(endpoint, reply):

@@ -44,6 +44,7 @@ from grpcrpc.exceptions import (
     DeliveryError,
     GrpcrpcError,
     MessagingTimeout,
+    Overloaded,
 )
 from grpcrpc.fanout import Failed
 from grpcrpc.generated.v1 import transport_pb2 as tpb
@@ -394,6 +395,9 @@ class SyncTransport(TransportBase):
                     continue
                 except MessagingTimeout as err:
                     raise attempts.timed_out(endpoint, err) from None
+                except Overloaded as err:  # refused before it ran (a unary call)
+                    attempts.overloaded(endpoint, str(err))
+                    continue
             finally:
                 self._done(address)
             if attempts.accepted(endpoint, reply):
