@@ -139,7 +139,8 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds a server's registration outlives its last keepalive.", "discovery"),
     Option("exchange", DEFAULT_EXCHANGE, _name, "Default exchange of targets.", "routing"),
     Option("balancer", "p2c", _choice("p2c", "random", "round_robin"),
-           "How a client picks one server: p2c (fewest outstanding of two), random, round_robin.",
+           "How a client picks one server: p2c (fewest outstanding of two, turns when equal), "
+           "random, round_robin.",
            "routing"),
     Option("timeout", 60.0, _positive(float), "Default call timeout in seconds.", "routing"),
     Option("cast_accept_timeout", 5.0, _positive(float),
