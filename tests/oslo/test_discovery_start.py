@@ -40,7 +40,9 @@ def test_call_times_out_at_its_deadline_while_etcd_is_unreachable(
                 assert 3.0 <= time.monotonic() - began < 3.0 + SLACK
             etcd.start()
             start_servers(servers, grpc_url(etcd), topic, ["s1"])
-            assert client.call({}, "whoami") == "s1"
+            # Discovery kept trying meanwhile (backing off up to 5 s): a call with the time
+            # for it waits for the first listing, then goes through.
+            assert client.prepare(timeout=30).call({}, "whoami") == "s1"
         finally:
             transport.cleanup()
 
