@@ -170,8 +170,8 @@ class ServiceHost:
             raise ServerError("server already started")
         self._loop = asyncio.get_running_loop()
         # First: a server that cannot say where it is must not start at all.
-        advertised = self.advertise_host
-        if not advertised:
+        advertised = self.advertise_host or self.host
+        if not self.advertise_host and self.host in _WILDCARDS:  # a lookup: off the loop
             reached_at = self.registry.reached_at() if self.registry is not None else ()
             advertised = await asyncio.to_thread(choose_advertise_host, self.host, reached_at)
         m = self.max_message_size
