@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench gen lint fuzz etcd venv clean
+.PHONY: test test-pythons demo bench gen lint fuzz etcd venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,30 @@ lint: $(STAMP)
 test: $(STAMP) etcd lint
 	$(VENV)/bin/pytest -q
 
+# The suite under the other Python versions the package supports (pyproject's classifiers), each
+# in its own venv (.venv312, .venv313), found as python3.X on PATH or under ~/.pyenv; a version
+# that is not installed is skipped. Not part of `make test`. A subset:
+# `make test-pythons PYTEST_ARGS=tests/unit`, one version: `make test-pythons PYTHONS=3.13`.
+PYTHONS ?= 3.12 3.13
+PYTEST_ARGS ?=
+test-pythons: etcd
+	@for v in $(PYTHONS); do \
+	  py=""; \
+	  for c in $$(ls -d $$HOME/.pyenv/versions/$$v.*/bin/python 2>/dev/null | sort -V -r) \
+	           $$(command -v python$$v); do \
+	    if "$$c" -c 'import sys' 2>/dev/null; then py=$$c; break; fi; \
+	  done; \
+	  if [ -z "$$py" ]; then echo "== python$$v: not installed, skipped"; continue; fi; \
+	  venv=.venv$${v/./}; \
+	  if [ ! $$venv/.installed -nt pyproject.toml ]; then \
+	    { test -x $$venv/bin/python || $$py -m venv $$venv; } && \
+	    $$venv/bin/python -m pip install -q --upgrade pip && \
+	    $$venv/bin/python -m pip install -q -e '.[dev,oslo]' && touch $$venv/.installed || exit 1; \
+	  fi; \
+	  echo "== python$$v ($$py)"; \
+	  $$venv/bin/pytest -q $(PYTEST_ARGS) || exit 1; \
+	done
+
 # The long fuzzing run (make test runs the same properties with a bounded number of cases).
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=long $(VENV)/bin/pytest -q tests/security/test_fuzz.py --hypothesis-show-statistics
@@ -46,4 +70,4 @@ bench: $(STAMP) etcd
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv3?? build *.egg-info

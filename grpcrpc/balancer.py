@@ -1,14 +1,20 @@
 """Choosing one endpoint among the candidates: pure logic, shared by the sync and async clients.
 
-The default is the power of two choices on outstanding requests: pick two candidates at random
-and take the one with fewer requests in flight from this client. It sends less to a slow server
-without any coordination between clients. An endpoint whose connection failed is *ejected*: left
-out of picking until its backoff passes, long before etcd notices its lease expired.
+The default is the power of two choices on outstanding requests: compare two candidates and
+take the one with fewer requests in flight from this client. It sends less to a slow server
+without any coordination between clients. One of the two is the topic's next in turn and the
+other is drawn at random, and a tie goes to the one in turn: equally loaded servers take turns
+(what RabbitMQ's consumers of one queue do, and what oslo.messaging's own tests expect), while a
+busier one is passed over. An endpoint whose connection failed is *ejected*: left out of picking
+until its backoff passes, long before etcd notices its lease expired.
 
->>> b = Balancer("round_robin")
 >>> eps = [Endpoint("127.0.0.1:1", "t", "a"), Endpoint("127.0.0.1:2", "t", "b")]
->>> [b.pick(eps).server for _ in range(3)]
-['a', 'b', 'a']
+>>> b = Balancer("p2c")
+>>> [b.pick(eps).server for _ in range(4)]     # nothing in flight: they take turns
+['a', 'b', 'a', 'b']
+>>> b.begin("127.0.0.1:1")                      # one call in flight on a ...
+>>> [b.pick(eps).server for _ in range(2)]     # ... so b, the less busy, gets the next ones
+['b', 'b']
 """
 
 from __future__ import annotations
@@ -81,7 +87,9 @@ class Balancer:
         self.policy = policy
         self.ejections = ejections or Ejections()
         self._outstanding: dict[str, int] = {}
-        self._counter = itertools.count()
+        # Whose turn it is, per topic: one shared counter would let two topics picked in
+        # alternation send every message of each to the same server.
+        self._turns: dict[tuple[str, str, str], itertools.count[int]] = {}
 
     def pick(self, candidates: Sequence[Endpoint], exclude: frozenset[str] = frozenset()) -> Endpoint:
         """One of `candidates`, skipping ejected addresses (unless all are) and `exclude`."""
@@ -96,18 +104,28 @@ class Balancer:
         if not eligible:
             # Everything is ejected: trying one beats failing without trying.
             eligible = [e for e in candidates if e.address not in exclude] or list(candidates)
-        if len(eligible) == 1:
+        n = len(eligible)
+        if n == 1:
             return eligible[0]
-        if self.policy == "round_robin":
-            return eligible[next(self._counter) % len(eligible)]
         if self.policy == "random":
             return random.choice(eligible)
-        a, b = random.sample(eligible, 2)
+        turn = self._turn(eligible[0]) % n
+        if self.policy == "round_robin":
+            return eligible[turn]
+        other = random.randrange(n - 1)
+        if other >= turn:
+            other += 1
+        a, b = eligible[turn], eligible[other]
         load = self._outstanding
-        la, lb = load.get(a.address, 0), load.get(b.address, 0)
-        if la == lb:
-            return a
-        return a if la < lb else b
+        return b if load.get(b.address, 0) < load.get(a.address, 0) else a
+
+    def _turn(self, first: Endpoint) -> int:
+        key = (first.az, first.exchange, first.topic)
+        turns = self._turns.get(key)
+        if turns is None:
+            # setdefault: two threads starting a topic at once share one counter.
+            turns = self._turns.setdefault(key, itertools.count())
+        return next(turns)
 
     def begin(self, address: str) -> None:
         """A request to `address` started (the GIL makes this increment atomic enough: a lost

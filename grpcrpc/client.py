@@ -391,10 +391,13 @@ class RPCClient(_ClientBase):
 class AsyncRPCClient(_ClientBase):
     """The asyncio twin of `RPCClient`: the same API, with `await`.
 
+    It may be created anywhere, inside an event loop or not (at import time, in a
+    constructor): it connects on first use, and is then bound to the loop that used it.
+
     >>> import asyncio
     >>> from grpcrpc.discovery import StaticResolver
+    >>> client = AsyncRPCClient(StaticResolver([]), Target(topic="scheduler"))
     >>> async def main():
-    ...     client = AsyncRPCClient(StaticResolver([]), Target(topic="scheduler"))
     ...     # await client.call({}, "select_destinations", spec={"vcpus": 2})
     ...     await client.close()
     >>> asyncio.run(main())

@@ -154,7 +154,8 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds a server's registration outlives its last keepalive.", "discovery"),
     Option("exchange", DEFAULT_EXCHANGE, _name, "Default exchange of targets.", "routing"),
     Option("balancer", "p2c", _choice("p2c", "random", "round_robin"),
-           "How a client picks one server: p2c (fewest outstanding of two), random, round_robin.",
+           "How a client picks one server: p2c (fewest outstanding of two, turns when equal), "
+           "random, round_robin.",
            "routing"),
     Option("timeout", 60.0, _positive(float), "Default call timeout in seconds.", "routing"),
     Option("cast_accept_timeout", 5.0, _positive(float),
@@ -176,7 +177,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("port_range", None, _port_range,
            "LOW-HIGH: servers take a free port in this range (default: any free port).", "server"),
     Option("advertise_host", None, _optional_str,
-           "Host clients dial, when it differs from bind_host.", "server"),
+           "Host clients dial, when it differs from bind_host. Unset with a wildcard bind_host: "
+           "this host's address toward etcd (loopback only if etcd is on loopback).", "server"),
     Option("threads", 16, _positive(int), "Threads for plain-function endpoints, per server.",
            "server"),
     Option("queue", 256, _positive(int),

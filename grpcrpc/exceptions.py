@@ -17,6 +17,7 @@ GrpcrpcError
  ├── DeliveryError             the connection failed after the message may have left the client
  ├── ClientClosed              the client was closed
  └── ServerError               a server could not start (address in use, bad TLS files, ...)
+      └── NoAdvertiseAddress    a wildcard bind and no address other hosts can dial: set advertise_host
 ```
 
 gRPC and etcd errors are mapped to these at one boundary (`grpcrpc._errors`); a `grpc.RpcError`
@@ -35,6 +36,7 @@ __all__ = [
     "InvalidEnvelope",
     "MessageTooLarge",
     "MessagingTimeout",
+    "NoAdvertiseAddress",
     "NoEndpoints",
     "NoSuchMethod",
     "Overloaded",
@@ -152,3 +154,8 @@ class ClientClosed(GrpcrpcError):
 
 class ServerError(GrpcrpcError):
     """A server could not start or serve: address in use, no free port in range, bad TLS files."""
+
+
+class NoAdvertiseAddress(ServerError):
+    """A server bound to a wildcard address found no address of this host that the hosts of its
+    registry can reach (only loopback, or etcd's name does not resolve): set `advertise_host`."""

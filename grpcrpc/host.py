@@ -9,11 +9,12 @@ withdraw first, then the owner drains, then the gRPC server closes.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import resource
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import grpc
 import grpc.aio
@@ -23,9 +24,9 @@ from grpc_health.v1._async import HealthServicer
 from grpcrpc import tracing
 from grpcrpc.credentials import ServerTLS
 from grpcrpc.discovery.base import Endpoint, Registry
-from grpcrpc.exceptions import ServerError
+from grpcrpc.exceptions import NoAdvertiseAddress, ServerError
 
-__all__ = ["ServiceHost", "hostport", "raise_nofile_limit"]
+__all__ = ["ServiceHost", "choose_advertise_host", "hostport", "raise_nofile_limit", "routes_toward"]
 
 log = logging.getLogger("grpcrpc.server")
 
@@ -67,6 +68,93 @@ def connection_cap(max_connections: int, nofile: int) -> int:
 def hostport(host: str, port: int) -> str:
     """'::1', 80 -> '[::1]:80'."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+Routes = Callable[[str, int], Iterable[tuple[str, str]]]
+
+
+def routes_toward(host: str, family: int = socket.AF_UNSPEC) -> list[tuple[str, str]]:
+    """For each address `host` resolves to: (that address, this host's source address toward
+    it), as the kernel's routing picks it. A connected UDP socket sends nothing: connecting it
+    only chooses the route, the one the process's own connection to etcd takes."""
+    try:
+        infos = socket.getaddrinfo(host, 9, family, socket.SOCK_DGRAM)
+    except OSError:  # the name does not resolve (here, now)
+        return []
+    routes = []
+    for fam, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(fam, kind, proto) as sock:
+                sock.connect(sockaddr)
+                routes.append((str(sockaddr[0]), str(sock.getsockname()[0])))
+        except OSError:  # no route to it from here
+            continue
+    return routes
+
+
+def _loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _link_local(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_link_local
+    except ValueError:
+        return False
+
+
+def choose_advertise_host(
+    bind_host: str, reached_at: Sequence[str] | None, routes: Routes = routes_toward
+) -> str:
+    """The host a server bound to `bind_host` announces (when `advertise_host` is not set).
+
+    A specific bind address is announced as it is. For a wildcard bind (`0.0.0.0`, `::`), the
+    address this host uses toward the registry's datastore (`reached_at`, e.g. etcd's hosts):
+    the hosts that read the registry are on that network. A loopback address only when etcd
+    itself is on loopback (one host: its clients are too); a registry in this process
+    (`reached_at == ()`) or none at all gets 127.0.0.1. Otherwise `NoAdvertiseAddress`, which
+    says to set `advertise_host`. The hostname is not used: on Debian and Ubuntu it resolves
+    to 127.0.1.1, which no other host can dial.
+
+    >>> fake = {"10.0.0.7": [("10.0.0.7", "10.0.0.5")], "127.0.0.1": [("127.0.0.1", "127.0.0.1")]}
+    >>> choose_advertise_host("0.0.0.0", ["10.0.0.7"], lambda h, f: fake[h])
+    '10.0.0.5'
+    >>> choose_advertise_host("0.0.0.0", ["127.0.0.1"], lambda h, f: fake[h])
+    '127.0.0.1'
+    >>> choose_advertise_host("192.168.1.9", ["10.0.0.7"], lambda h, f: fake[h])
+    '192.168.1.9'
+    """
+    host = bind_host.strip("[]")
+    if host not in _WILDCARDS:
+        return host
+    if reached_at is not None and not reached_at:
+        return "127.0.0.1"
+    # 0.0.0.0 listens on IPv4 only: an IPv6 source address would not reach it.
+    family = socket.AF_UNSPEC if ":" in host else socket.AF_INET
+    loopback = ""
+    seen: list[str] = []
+    for store in reached_at or ():
+        found = list(routes(store, family))
+        seen.append(f"{store} -> " + (", ".join(f"{dst} via {src}" for dst, src in found)
+                                      or "unresolved or unroutable"))
+        for dst, src in found:
+            if _loopback(dst):
+                loopback = loopback or src
+            elif not _loopback(src) and not _link_local(src):
+                return src
+    if loopback:
+        return loopback
+    where = "; ".join(seen) if seen else "the registry does not say where its clients are"
+    raise NoAdvertiseAddress(
+        f"bind_host is {bind_host or '0.0.0.0'!r} (every address) and no address of this host "
+        f"that other hosts can reach was found ({where}): set advertise_host to the address "
+        f"clients should dial")
 
 
 class ServiceHost:
@@ -124,6 +212,11 @@ class ServiceHost:
         if self._server is not None:
             raise ServerError("server already started")
         self._loop = asyncio.get_running_loop()
+        # First: a server that cannot say where it is must not start at all.
+        advertised = self.advertise_host or self.host
+        if not self.advertise_host and self.host in _WILDCARDS:  # a lookup: off the loop
+            reached_at = self.registry.reached_at() if self.registry is not None else ()
+            advertised = await asyncio.to_thread(choose_advertise_host, self.host, reached_at)
         m = self.max_message_size
         server = grpc.aio.server(options=[*self._connection_options(),
             # A bind must fail honestly, not share a port with another process.
@@ -143,7 +236,7 @@ class ServiceHost:
         port = self._bind(server)
         await server.start()
         self._server = server
-        self.endpoint = make_endpoint(self.advertise_host or self._default_advertise_host(), port)
+        self.endpoint = make_endpoint(advertised, port)
         self._accepting = True
         tracing.track_server(self, {"rpc.service": self.endpoint.topic,
                                     "grpcrpc.server": self.endpoint.server,
@@ -211,14 +304,6 @@ class ServiceHost:
             if add(port):
                 return port
         raise ServerError(f"no free port in range {lo}-{hi} on {self.host}")
-
-    def _default_advertise_host(self) -> str:
-        if self.host not in _WILDCARDS:
-            return self.host
-        try:
-            return socket.gethostbyname(socket.gethostname())
-        except OSError:
-            return socket.getfqdn()
 
     def serving(self) -> bool:
         """Registered (if it has a registry) and accepting work."""

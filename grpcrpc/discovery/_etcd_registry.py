@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from grpcrpc.discovery import _etcd_client as ec
-from grpcrpc.discovery.base import Endpoint, Registry
+from grpcrpc.discovery.base import Endpoint, Registry, split_address
 
 if TYPE_CHECKING:
     from grpcrpc.discovery.etcd import EtcdConfig
@@ -42,8 +42,10 @@ class EtcdRegistry(Registry):
     held by another lease. Keys are only ever written under the current lease.
 
     `announce()` returns once the key is stored, or after `config.timeout` if etcd does not
-    answer (the thread keeps trying; `registered` stays False meanwhile). `registered` is True
-    only while every announced key is stored under a live lease (renewed within its TTL).
+    answer (the thread keeps trying). `registered` is True only while every announced key that
+    etcd has held is stored under a live lease (renewed within its TTL), and at least one has
+    been: a key still waiting for its first write is not an outage, so announcing one more
+    server on a shared registry does not make its siblings look unregistered meanwhile.
 
     `add_listener(callback)` calls `callback(registered: bool)` at once with the current state,
     then from the registry's thread on every change (quick, must not block: an asyncio server
@@ -67,6 +69,7 @@ class EtcdRegistry(Registry):
         self._cond = threading.Condition()
         self._desired: dict[bytes, bytes] = {}  # what should be in etcd: key -> value
         self._stored: dict[bytes, bytes] = {}  # what is, under the current lease
+        self._confirmed: set[bytes] = set()  # desired keys etcd has held at least once
         self._lease: int | None = None
         self._granted = self.ttl
         self._deadline = 0.0  # monotonic time by which the lease expires unless renewed
@@ -97,6 +100,7 @@ class EtcdRegistry(Registry):
     def withdraw(self, endpoint: Endpoint) -> None:
         key = self.config.key(endpoint).encode()
         with self._cond:
+            self._confirmed.discard(key)
             if self._desired.pop(key, None) is None or self._closed:
                 return
             self._wake()
@@ -107,6 +111,10 @@ class EtcdRegistry(Registry):
     def registered(self) -> bool:
         with self._cond:
             return self._is_registered()
+
+    def reached_at(self) -> tuple[str, ...]:
+        """etcd's hosts (servers announce an address on the network that reaches them)."""
+        return tuple(split_address(e)[0] for e in self.config.endpoints)
 
     @property
     def lease_id(self) -> int | None:
@@ -155,6 +163,7 @@ class EtcdRegistry(Registry):
         with self._cond:
             self._lease, self._session = None, None
             self._stored.clear()
+            self._confirmed.clear()
         self._publish_state()
 
     def __enter__(self) -> EtcdRegistry:
@@ -175,9 +184,15 @@ class EtcdRegistry(Registry):
             self._thread.start()
 
     def _is_registered(self) -> bool:
-        return (not self._closed and self._lease is not None
-                and time.monotonic() < self._deadline
-                and all(self._stored.get(k) == v for k, v in self._desired.items()))
+        if self._closed or self._lease is None or time.monotonic() >= self._deadline:
+            return False
+        # Keys never written yet are left out (a new announcement is not an outage), unless
+        # nothing has been written at all. A key whose value is being replaced still counts
+        # as held by the old value.
+        stored, confirmed = self._stored, self._confirmed
+        if self._desired and not any(k in stored or k in confirmed for k in self._desired):
+            return False
+        return all(k in stored for k in self._desired if k in confirmed)
 
     def _run(self) -> None:
         backoff = ec.Backoff(base=0.1, cap=self._max_backoff)
@@ -287,6 +302,9 @@ class EtcdRegistry(Registry):
                 with self._cond:
                     self._stored[key] = value
                     self._cond.notify_all()
+            with self._cond:
+                if key in self._desired:  # not withdrawn meanwhile
+                    self._confirmed.add(key)
         for key in stale:
             session.delete_if_lease(key, lease)
             with self._cond:

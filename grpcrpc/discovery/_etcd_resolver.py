@@ -161,6 +161,7 @@ class EtcdResolver(Resolver):
         self._lock = threading.Lock()  # source states and table builds
         self._tables = _Tables()
         self._started = False
+        self._woken = threading.Event()  # a first listing, or close(): wakes wait_listed()
 
     @property
     def prefixes(self) -> list[str]:
@@ -188,7 +189,26 @@ class EtcdResolver(Resolver):
             log.warning("etcd %s not listed yet (%s); resolving without it until it answers",
                         source.where, source.last_error or "no answer")
 
+    @property
+    def listed(self) -> bool:
+        """Whether etcd (at least one of the clusters) has been listed since `start()`."""
+        return any(s.listed.is_set() for s in self._sources)
+
+    def wait_listed(self, timeout: float | None) -> bool:
+        """Block until `listed` (True), or `timeout` passes or the resolver closes (False).
+
+        With `start_timeout=None`, what a caller that must not wait longer than its own
+        deadline uses instead of `start()`'s wait."""
+        self._woken.wait(timeout)
+        return self.listed
+
+    def errors(self) -> list[str]:
+        """Why each cluster not listed yet is not: '<endpoints>: <last error>'."""
+        return [f"{s.where}: {s.last_error or 'no answer'}" for s in self._sources
+                if not s.listed.is_set()]
+
     def close(self) -> None:
+        self._woken.set()
         for source in self._sources:
             source.stop()
         for source in self._sources:
@@ -311,6 +331,7 @@ class _Source:
                     revision, kvs = self._list(session)
                     self.resolver._replace(self, kvs, revision)
                     self.listed.set()
+                    self.resolver._woken.set()
                     items: queue.SimpleQueue[_Item] = queue.SimpleQueue()
                     self._queue = items
                     if self._stopping.is_set():

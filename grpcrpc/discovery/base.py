@@ -292,6 +292,12 @@ class Registry(abc.ABC):
     def registered(self) -> bool:
         return True
 
+    def reached_at(self) -> Sequence[str] | None:
+        """The hosts of the datastore that clients read this registry's endpoints from: an
+        address announced here must be reachable from the network they are on. `()` when the
+        registry lives in this process (its clients do too), None when unknown."""
+        return None
+
     def add_listener(self, callback: Callable[[bool], None]) -> Callable[[], None]:
         """Call `callback(registered)` now and whenever `registered` changes (from the
         registry's own thread); returns a function that removes the listener. A registry that

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import pathlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from grpcrpc.discovery.base import Endpoint, InvalidEndpoint, Registry, Resolver, RoutingTable
 
@@ -69,6 +69,9 @@ class MemoryDiscovery(Registry, Resolver):
             self._revision += 1
             table = RoutingTable.build(self._endpoints.values(), self._revision)
         self._publish(table)
+
+    def reached_at(self) -> Sequence[str]:
+        return ()  # in this process: so are its clients
 
     def withdraw(self, endpoint: Endpoint) -> None:
         with self._lock:

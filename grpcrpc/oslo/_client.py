@@ -14,6 +14,10 @@ server, so the gaps are bridged by waiting, within the caller's time budget:
 
 `retry=0` (oslo: "do not retry") and `at_least_once` (oslo: "fail if nobody can take it") fail
 at once instead. Nothing is ever resent once it may have reached a server.
+
+Discovery starts with the first send and keeps trying while etcd does not answer, as a server's
+registration does; a send waits for etcd's first listing only within its own timeout, so a call
+with `timeout=3` raises `MessagingTimeout` at 3 s whatever discovery is doing.
 """
 
 from __future__ import annotations
@@ -91,23 +95,31 @@ class Sender:
         self._settings = settings
         self._resolver: EtcdResolver | None = None
         self._client: AsyncRPCClient | None = None
-        self._ready: asyncio.Lock | None = None
+        self._listing: asyncio.Future[bool] | None = None  # etcd's first listing, once
         self._changed: asyncio.Event | None = None
         self._unsubscribe: Any = None
 
-    async def _ensure(self) -> AsyncRPCClient:
-        if self._client is not None:
-            return self._client
-        if self._ready is None:
-            self._ready = asyncio.Lock()
-        async with self._ready:
-            if self._client is None:
-                self._client = await self._connect()
-        return self._client
+    async def _ensure(self, what: str, timeout: float | None) -> AsyncRPCClient:
+        """The client, once etcd has been listed; waits for that at most `timeout`."""
+        client = self._client
+        if client is None:
+            client = self._client = self._connect()
+        listing = self._listing
+        if listing is not None:
+            if not listing.done():
+                try:
+                    async with asyncio.timeout(timeout):
+                        await asyncio.shield(listing)
+                except TimeoutError:
+                    raise _not_listed(what, timeout, self._resolver) from None
+            self._listing = None  # listed (or closed: the transport then says so)
+        return client
 
-    async def _connect(self) -> AsyncRPCClient:
+    def _connect(self) -> AsyncRPCClient:
         resolver = _resolver(self._settings)
-        await asyncio.to_thread(resolver.start)  # DiscoveryUnavailable if etcd never answers
+        resolver.start()  # at once: the listing goes on in the resolver's thread
+        # One thread waits for it (released by close() too); sends wait on this future.
+        self._listing = asyncio.ensure_future(asyncio.to_thread(resolver.wait_listed, None))
         loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
 
@@ -133,9 +145,9 @@ class Sender:
         call: bool, timeout: float | None, retry: int | None, at_least_once: bool,
     ) -> Any:
         """The call's result, or None (a cast) or the `FanoutReport` (a fanout cast)."""
-        client = await self._ensure()
-        tries = _Tries(f"{fields['topic']}.{method}", timeout, retry, at_least_once,
-                       asyncio.get_running_loop().time)
+        what = f"{fields['topic']}.{method}"
+        tries = _Tries(what, timeout, retry, at_least_once, asyncio.get_running_loop().time)
+        client = await self._ensure(what, timeout)
         while True:
             remaining = tries.remaining()
             prepared = client.prepare(**fields, timeout=remaining, retry=tries.endpoints_retry)
@@ -161,6 +173,9 @@ class Sender:
         if self._resolver is not None:
             await asyncio.to_thread(self._resolver.close)
             self._resolver = None
+        if self._listing is not None:
+            await asyncio.gather(self._listing, return_exceptions=True)  # released by close
+            self._listing = None
 
 
 class SyncSender:
@@ -170,18 +185,28 @@ class SyncSender:
         self._settings = settings
         self._resolver: EtcdResolver | None = None
         self._client: RPCClient | None = None
+        self._listed = False  # etcd's first listing is done: no send waits for it again
         self._ready = threading.Lock()
         self._changed = threading.Event()
         self._unsubscribe: Any = None
 
-    def _ensure(self) -> RPCClient:
+    def _ensure(self, what: str, timeout: float | None) -> RPCClient:
+        """The client, once etcd has been listed; waits for that at most `timeout`."""
         client = self._client
-        if client is not None:
-            return client
+        if client is None:
+            client = self._connect()
+        resolver = self._resolver
+        if resolver is not None and not self._listed:
+            if not resolver.wait_listed(timeout) and not resolver.listed:
+                raise _not_listed(what, timeout, resolver)
+            self._listed = True
+        return client
+
+    def _connect(self) -> RPCClient:
         with self._ready:
             if self._client is None:
                 resolver = _resolver(self._settings)
-                resolver.start()  # DiscoveryUnavailable if etcd never answers
+                resolver.start()  # at once: the listing goes on in the resolver's thread
                 self._unsubscribe = resolver.subscribe(self._table_changed)
                 self._resolver = resolver
                 transport = SyncTransport(resolver, self._settings.transport)
@@ -201,9 +226,9 @@ class SyncSender:
         call: bool, timeout: float | None, retry: int | None, at_least_once: bool,
     ) -> Any:
         """The call's result, or None (a cast) or the `FanoutReport` (a fanout cast)."""
-        client = self._ensure()
-        tries = _Tries(f"{fields['topic']}.{method}", timeout, retry, at_least_once,
-                       time.monotonic)
+        what = f"{fields['topic']}.{method}"
+        tries = _Tries(what, timeout, retry, at_least_once, time.monotonic)
+        client = self._ensure(what, timeout)
         while True:
             remaining = tries.remaining()
             prepared = client.prepare(**fields, timeout=remaining, retry=tries.endpoints_retry)
@@ -233,9 +258,19 @@ class SyncSender:
 
 def _resolver(s: Settings) -> EtcdResolver:
     # Watch the AZs this client may send to (its own, then the fallbacks): etcd delivers only
-    # those events.
-    return EtcdResolver(s.etcd, az=[s.az, *s.fallback_azs],
-                        start_timeout=max(2.0, 2 * s.etcd.timeout))
+    # those events. No start timeout: it keeps trying, and each send waits within its own.
+    return EtcdResolver(s.etcd, az=[s.az, *s.fallback_azs], start_timeout=None)
+
+
+def _not_listed(what: str, timeout: float | None, resolver: EtcdResolver | None
+                ) -> MessagingTimeout:
+    return MessagingTimeout(f"{what}: timed out after {timeout or 0:g}s: discovery has not "
+                            f"listed etcd yet ({_etcd_trouble(resolver)})")
+
+
+def _etcd_trouble(resolver: EtcdResolver | None) -> str:
+    errors = resolver.errors() if resolver is not None else []
+    return "; ".join(errors) or "no answer"
 
 
 def _cap(remaining: float | None, limit: float) -> float:

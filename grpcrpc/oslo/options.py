@@ -64,8 +64,9 @@ GRPC_OPTS: list[cfg.Opt] = [
                     "Unset: an ephemeral port chosen by the kernel."),
     cfg.StrOpt("advertise_host",
                help="Address announced to clients, when it differs from bind_host (NAT, "
-                    "a wildcard bind_host). Unset: bind_host, or this host's address for a "
-                    "wildcard."),
+                    "a wildcard bind_host). Unset: bind_host, or for a wildcard the address "
+                    "this host uses toward etcd (loopback only when etcd is on loopback; a "
+                    "server that finds none refuses to start and says to set this)."),
     cfg.IntOpt("lease_ttl", default=30, min=1,
                help="Seconds an RPC server's etcd lease lives without renewal (renewed every "
                     "third of it). A crashed server disappears from routing after this at the "

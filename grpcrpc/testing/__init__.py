@@ -64,7 +64,7 @@ class Cluster:
 
     def async_client(self, target: Target, options: TransportOptions | None = None,
                      **client_args: Any) -> AsyncRPCClient:
-        """An asyncio client (create it inside the loop that uses it; close it yourself)."""
+        """An asyncio client (bound to the loop that uses it first; close it yourself)."""
         return AsyncRPCClient(self.discovery, target, options=options, **client_args)
 
     def close(self) -> None:

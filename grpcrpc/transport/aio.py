@@ -41,6 +41,7 @@ from grpcrpc.exceptions import (
     DeliveryError,
     GrpcrpcError,
     MessagingTimeout,
+    Overloaded,
 )
 from grpcrpc.generated.v1 import transport_pb2 as tpb
 from grpcrpc.target import Target
@@ -227,7 +228,8 @@ class _Conn:
 class AsyncTransport(TransportBase):
     """Connections from an asyncio process to every endpoint its resolver knows.
 
-    Create it inside the event loop that will use it.
+    Creating it needs no event loop: it connects on first use, and from then on belongs to the
+    loop that used it first (gRPC's asyncio channels cannot move between loops).
     """
 
     def __init__(
@@ -238,7 +240,7 @@ class AsyncTransport(TransportBase):
         owns_resolver: bool = False,
     ) -> None:
         super().__init__(resolver, options, owns_resolver=owns_resolver)
-        self._loop = asyncio.get_running_loop()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the first user's
         self._conns: collections.OrderedDict[str, _Conn] = collections.OrderedDict()
         self._retiring: dict[str, _Conn] = {}
         self._creds = self.options.tls.credentials() if self.options.tls else None
@@ -253,6 +255,8 @@ class AsyncTransport(TransportBase):
             return conn
         if self._closed:
             raise ClientClosed("the transport is closed")
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         if self._creds is not None:
             channel = grpc.aio.secure_channel(address, self._creds, self._channel_options)
         else:
@@ -310,14 +314,18 @@ class AsyncTransport(TransportBase):
             stream.fail(unresponsive(conn.address, waited))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = self._loop.create_task(coro)
+        # Only ever called on the loop, after a first connection bound it.
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _retire(self, address: str) -> None:
         # Called from the resolver's thread: hand over to the loop.
+        loop = self._loop
+        if loop is None:
+            return  # never used: no connection to close
         with contextlib.suppress(RuntimeError):  # a closed loop has nothing left to close
-            self._loop.call_soon_threadsafe(self._retire_on_loop, address)
+            loop.call_soon_threadsafe(self._retire_on_loop, address)
 
     def _retire_on_loop(self, address: str) -> None:
         conn = self._conns.pop(address, None)
@@ -356,6 +364,9 @@ class AsyncTransport(TransportBase):
                 continue
             except MessagingTimeout as err:
                 raise attempts.timed_out(endpoint, err) from None
+            except Overloaded as err:  # refused before it ran (unary, or a stream at opening)
+                attempts.overloaded(endpoint, str(err))
+                continue
             finally:
                 self._done(address)
             if attempts.accepted(endpoint, reply):

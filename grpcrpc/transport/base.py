@@ -3,8 +3,8 @@
 A transport owns the connections of one process to the servers its resolver knows: it picks an
 endpoint for each message, sends it, and tells the client what came back. It retries a message
 on another endpoint only when the message provably never left (the connection could not open, or
-the server answered that it did not accept it because it is stopping or is not the server named):
-that is the only way to never deliver anything twice.
+the server answered that it did not accept it because it is stopping, is not the server named, or
+is overloaded): that is the only way to never deliver anything twice.
 """
 
 from __future__ import annotations
@@ -77,8 +77,7 @@ BROADCASTER_EXCHANGE = "grpcrpc"
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 
 # Replies that mean "this server did not accept the message": safe to send it elsewhere.
-NOT_ACCEPTED = frozenset({ev.ErrorCode.STOPPING, ev.ErrorCode.MISROUTED,
-                          ev.ErrorCode.OVERLOADED})
+NOT_ACCEPTED = frozenset({ev.ErrorCode.STOPPING, ev.ErrorCode.MISROUTED, ev.ErrorCode.OVERLOADED})
 
 @dataclass(frozen=True, slots=True)
 class TransportOptions:
@@ -374,12 +373,13 @@ class Attempts:
     while True:
         ep = attempts.next_endpoint()          # NoEndpoints / MessagingTimeout when out of tries
         ... send; on a connection that never opened: attempts.never_sent(ep, why); continue
+        ...       on `Overloaded` (refused before it ran): attempts.overloaded(ep, why); continue
         ... on a reply: if attempts.accepted(ep, reply): return reply
     ```
     """
 
-    __slots__ = ("_accept", "_by_accept", "_deadline", "_last", "_left", "_overloaded",
-                 "_refused", "_target", "_transport", "_tried")
+    __slots__ = ("_accept", "_by_accept", "_deadline", "_last", "_left", "_overloaded", "_refused",
+                 "_target", "_transport", "_tried")
 
     def __init__(
         self, transport: TransportBase, target: Target, timeout: float | None,
@@ -397,9 +397,7 @@ class Attempts:
         self._left = max(1, attempts)
         self._last = ""
         self._refused = 0  # connections refused by the TLS handshake
-        # The last OVERLOADED refusal: an admission refusal is never delivered, so another
-        # endpoint may take the message; if none does, the caller hears Overloaded.
-        self._overloaded = ""
+        self._overloaded = 0  # servers that refused the message as overloaded
 
     def remaining(self) -> float | None:
         if self._deadline is None:
@@ -441,13 +439,8 @@ class Attempts:
             return self._transport.choose(self._target, self._tried, self._last)
         except NoEndpoints:
             self._raise_refused()
-            if self._tried:
-                self._raise_overloaded()
+            self._raise_overloaded()
             raise
-
-    def _raise_overloaded(self) -> None:
-        if self._overloaded:
-            raise Overloaded(self._overloaded)
 
     def _raise_refused(self) -> None:
         if self._refused and self._refused == len(self._tried):
@@ -456,6 +449,21 @@ class Attempts:
                 f"endpoint(s) (client certificate not accepted, or server not trusted); last: "
                 f"{self._last}"
             )
+
+    def _raise_overloaded(self) -> None:
+        # Servers exist and are up, only busy: say so (oslo's sender backs off and retries).
+        if self._overloaded:
+            raise Overloaded(
+                f"{self._target.topic}: {self._overloaded} of the {len(self._tried)} server(s) "
+                f"tried refused the message as overloaded (it was not run); last: {self._last}"
+            )
+
+    def overloaded(self, endpoint: Endpoint, why: str) -> None:
+        """`endpoint` refused the message before running it (its limits are full): try another
+        within the same budget. No ejection: a busy server is not a broken one."""
+        self._tried |= {endpoint.address}
+        self._last = f"{endpoint.address}: {why}"
+        self._overloaded += 1
 
     def never_sent(self, endpoint: Endpoint, why: str) -> None:
         """The connection to `endpoint` could not open: eject it and try another."""
@@ -471,10 +479,12 @@ class Attempts:
     def accepted(self, endpoint: Endpoint, reply: ev.Reply) -> bool:
         """False when the server refused the message without running it (try elsewhere)."""
         if reply.WhichOneof("outcome") == "failure" and reply.failure.code in NOT_ACCEPTED:
-            if reply.failure.code == ev.ErrorCode.STOPPING:
+            code = reply.failure.code
+            if code == ev.ErrorCode.OVERLOADED:
+                self.overloaded(endpoint, reply.failure.message)
+                return False
+            if code == ev.ErrorCode.STOPPING:
                 self._transport.balancer.ejections.eject(endpoint.address)
-            if reply.failure.code == ev.ErrorCode.OVERLOADED:
-                self._overloaded = f"{endpoint.address}: {reply.failure.message}"
             self._tried |= {endpoint.address}
             self._last = f"{endpoint.address}: {reply.failure.message}"
             return False

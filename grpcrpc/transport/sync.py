@@ -44,6 +44,7 @@ from grpcrpc.exceptions import (
     DeliveryError,
     GrpcrpcError,
     MessagingTimeout,
+    Overloaded,
     Unauthorized,
 )
 from grpcrpc.fanout import Failed
@@ -404,6 +405,9 @@ class SyncTransport(TransportBase):
                     continue
                 except MessagingTimeout as err:
                     raise attempts.timed_out(endpoint, err) from None
+                except Overloaded as err:  # refused before it ran (a unary call)
+                    attempts.overloaded(endpoint, str(err))
+                    continue
             finally:
                 self._done(address)
             if attempts.accepted(endpoint, reply):

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import subprocess
 import threading
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpcrpc.discovery.base import Endpoint
 from grpcrpc.discovery.etcd import EtcdConfig, EtcdRegistry
@@ -249,3 +254,69 @@ def test_least_privilege_roles_from_the_security_guide(etcd_server: EtcdServer,
     intruder.announce(Endpoint("127.0.0.1:1", "scheduler", "fake"))
     assert not intruder.registered
     assert len(resolver.table) == 0
+
+
+def test_announcing_another_key_is_not_an_outage(etcd_server: EtcdServer,
+                                                 etcd_config: EtcdConfig, stack: Stack,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    # Several servers on one registry (an oslo transport's): each new announcement waits for
+    # its first write, and the keys already held are no less registered meanwhile.
+    registry = stack.registry(etcd_config)
+    states = States()
+    registry.add_listener(states)
+    registry.announce(ep("first"))
+    wait_until(lambda: states.seen == [False, True], 5, "the listener told 'up'")
+    with caplog.at_level(logging.INFO, logger="grpcrpc.discovery.etcd"):
+        for i in range(5):
+            registry.announce(ep(f"more{i}", instance=str(i)))
+            assert registry.registered
+        registry.withdraw(ep("more0", instance="0"))
+        registry.announce(ep("more0", instance="0"))  # back again, maybe before its delete
+        assert registry.wait_registered(5)
+    assert states.seen == [False, True]
+    assert not [r for r in caplog.records if "registration is" in r.getMessage()]
+
+
+def test_an_outage_is_still_told_while_a_key_waits(stack: Stack) -> None:
+    with contextlib.closing(EtcdServer()) as etcd:
+        etcd.start()
+        registry = stack.registry(EtcdConfig([etcd.endpoint], timeout=0.5))
+        registry.announce(ep("a"))
+        assert registry.registered
+        etcd.pause()  # answers nothing: the next key waits for its first write
+        try:
+            registry.announce(ep("b", instance="1"))  # returns after the timeout
+            assert registry.registered  # "a" is still held (its lease has not run out)
+            wait_until(lambda: not registry.registered, 3 * TTL + 5, "the lease to run out")
+        finally:
+            etcd.resume()
+        assert registry.wait_registered(3 * TTL + 10)
+        assert stored_lease(etcd, key_of(ep("b", instance="1"))) == registry.lease_id
+        stack.close()
+
+
+def test_sibling_servers_stay_serving_while_another_starts(etcd_config: EtcdConfig,
+                                                           stack: Stack) -> None:
+    registry = stack.registry(etcd_config)
+    first = stack.server(registry, "compute", "host1")
+    address = first.server.address
+    statuses: list[int] = []
+    watching = threading.Event()
+    with grpc.insecure_channel(address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""))
+
+        def follow() -> None:
+            with contextlib.suppress(grpc.RpcError):  # cancelled at the end
+                for reply in watch:
+                    statuses.append(reply.status)
+                    watching.set()
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        assert watching.wait(10)
+        for i in range(3):  # what an oslo transport does: more servers on the same registry
+            stack.server(registry, f"topic{i}", "host1")
+        watch.cancel()
+        reader.join(10)
+    assert statuses and set(statuses) == {health_pb2.HealthCheckResponse.SERVING}, statuses

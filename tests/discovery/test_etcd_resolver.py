@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -187,3 +188,20 @@ def test_pages_shrink_when_values_are_oversized(raw: Any, etcd_config: EtcdConfi
     put(raw, *(ep(f"h{i}") for i in range(5)))
     resolver = stack.resolver(etcd_config)
     assert servers(resolver.table) == {f"h{i}" for i in range(5)}
+
+
+def test_wait_listed_without_a_start_timeout(stack: Stack) -> None:
+    with contextlib.closing(EtcdServer()) as etcd:  # ports chosen, not started yet
+        resolver = stack.resolver(EtcdConfig([etcd.endpoint], timeout=0.5), start_timeout=None)
+        assert not resolver.wait_listed(0.3) and not resolver.listed
+        assert resolver.errors() and resolver.errors()[0].startswith(etcd.endpoint)
+        etcd.start()
+        assert resolver.wait_listed(15) and resolver.listed and resolver.errors() == []
+
+    other = EtcdResolver(EtcdConfig(["127.0.0.1:1"], timeout=0.5), start_timeout=None)
+    other.start()
+    waiter = threading.Thread(target=other.wait_listed, args=(None,))
+    waiter.start()
+    other.close()  # releases whoever waits
+    waiter.join(10)
+    assert not waiter.is_alive() and not other.listed

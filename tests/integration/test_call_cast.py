@@ -256,3 +256,29 @@ def test_closing_a_prepared_client_leaves_its_parent_working() -> None:
         with client.prepare(timeout=3) as prepared:
             assert prepared.call({}, "whoami") == "c"
         assert client.call({}, "whoami") == "c"
+
+
+def test_async_client_created_outside_an_event_loop() -> None:
+    # A service builds its clients in a constructor or at import time, before any loop runs:
+    # construction must not need one; the first call connects on the loop that makes it.
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+    compute = Compute("outside")
+    with Cluster() as cluster:
+        cluster.serve(Target(topic="compute", server="a"), [compute])
+        client = cluster.async_client(Target(topic="compute"), timeout=10)
+
+        async def use() -> tuple[str, None]:
+            try:
+                return (await client.call({}, "whoami"),
+                        await client.cast({}, "build", instance="i-9"))
+            finally:
+                await client.close()
+
+        assert asyncio.run(use()) == ("outside", None)
+        wait_until(lambda: compute.received == [("build", "i-9")], what="cast dispatched")
+
+
+def test_async_client_closed_before_first_use() -> None:
+    client = grpcrpc.AsyncRPCClient(grpcrpc.MemoryDiscovery(), Target(topic="compute"))
+    asyncio.run(client.close())

@@ -35,6 +35,50 @@ def test_p2c_spreads_when_equal() -> None:
     assert set(picks) == {"s0", "s1", "s2", "s3"}
 
 
+def test_p2c_takes_turns_among_equally_loaded() -> None:
+    # Nothing in flight: every server gets one message per round, as RabbitMQ's consumers of
+    # one queue do (oslo's CastTestCase.test_server_in_group counts on it).
+    b = Balancer("p2c")
+    picks = [b.pick(EPS).server for _ in range(12)]
+    for i in range(0, 12, 4):
+        assert sorted(picks[i:i + 4]) == ["s0", "s1", "s2", "s3"], picks
+
+
+def test_p2c_takes_turns_per_topic() -> None:
+    # Two topics picked in alternation: each still goes round its own servers.
+    other = [Endpoint(f"127.0.0.1:{2000 + i}", "u", f"u{i}") for i in range(2)]
+    b = Balancer("p2c")
+    picks: dict[str, list[str]] = {"t": [], "u": []}
+    for _ in range(4):
+        picks["t"].append(b.pick(EPS[:2]).server)
+        picks["u"].append(b.pick(other).server)
+    assert collections.Counter(picks["t"]) == {"s0": 2, "s1": 2}
+    assert collections.Counter(picks["u"]) == {"u0": 2, "u1": 2}
+
+
+def test_p2c_passes_over_the_busy_one_whose_turn_it_is() -> None:
+    # Turn-taking must not undo p2c: a server with work in flight is never chosen while a
+    # less busy one is compared with it, whether it is the one in turn or the random one.
+    b = Balancer("p2c")
+    b.begin(EPS[2].address)
+    b.begin(EPS[2].address)
+    b.begin(EPS[1].address)
+    picks = collections.Counter(b.pick(EPS).server for _ in range(400))
+    assert "s2" not in picks, picks
+    # s0 and s3 (idle) win every comparison they are in; s1 only beats s2.
+    assert picks["s0"] > picks["s1"] and picks["s3"] > picks["s1"], picks
+
+
+def test_p2c_follows_load_as_it_changes() -> None:
+    b = Balancer("p2c")
+    for _ in range(3):
+        b.begin(EPS[0].address)
+    assert all(b.pick(EPS[:2]).server == "s1" for _ in range(20))
+    for _ in range(3):
+        b.end(EPS[0].address)
+    assert collections.Counter(b.pick(EPS[:2]).server for _ in range(20)) == {"s0": 10, "s1": 10}
+
+
 def test_outstanding_counts() -> None:
     b = Balancer()
     b.begin("a")
