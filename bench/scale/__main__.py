@@ -21,6 +21,7 @@ unless `--save`).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 import traceback
@@ -98,6 +99,8 @@ def run_part(name: str, fn: Callable[[], Part]) -> Part:
 
 def main(argv: list[str] | None = None) -> int:
     o = options(argv)
+    # SIGTERM unwinds like an error, so every etcd member, broker and worker is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     nofile = raise_nofile()
     started = time.monotonic()
     print(f"region: {o.hypervisors:,} hypervisors ({o.registrations:,} leases, TTL {o.ttl} s), "

@@ -182,8 +182,8 @@ def run(o: Options) -> Part:
                  "", f"broker up again in {up:.1f} s (stopping took {stopped:.1f} s)")
         part.row("calls+casts failed / hung / casts lost",
                  f"{failed} / {stats['hung']} / {lost}", "(incumbent: measured, not a target)",
-                 f"{len(stats['ok']['call'])} calls + {len(stats['ok']['cast'])} casts ok; "
-                 f"{stats['failed']}")
+                 f"{len(stats['ok']['call'])} calls + {len(stats['ok']['cast'])} casts ok, "
+                 f"longest {stats['longest']:.1f} s; {stats['failed'] or ''}")
         part.check(recovered is not None, "the rabbit servers' consumers never all came back")
         part.data.update(servers=n, recovered_s=recovered, broker_up_s=up, failed=stats["failed"],
                          hung=stats["hung"], lost=lost)
