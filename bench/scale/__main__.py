@@ -49,6 +49,8 @@ def options(argv: list[str] | None) -> Options:
                         "the other parts through the proxy (--no-proxy: directly only)")
     p.add_argument("--via", choices=["proxy", "direct"],
                    help="how parts 2-5 reach etcd (default: through the proxy when --proxy)")
+    p.add_argument("--etcd-dir", help="where etcd's data dirs go, e.g. /dev/shm to keep its WAL "
+                                      "fsyncs off a disk the rest of the machine shares")
     p.add_argument("--parts", default=",".join(PARTS))
     p.add_argument("--window", type=float, default=20.0, help="seconds per steady measurement")
     p.add_argument("--load-rate", type=float, default=100.0, help="calls+casts/s during faults")
@@ -78,6 +80,7 @@ def options(argv: list[str] | None) -> Options:
         o.ttl = 10 if o.hypervisors <= 1000 else 30
     if a.via == "proxy" and not a.proxy:
         p.error("--via proxy needs --proxy")
+    o.etcd_dir = a.etcd_dir
     o.via = a.via or ("proxy" if a.proxy else "direct")
     o.extra["save"] = a.save or not a.smoke
     return o
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     o = options(argv)
     # SIGTERM unwinds like an error, so every etcd member, broker and worker is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    nofile = raise_nofile()
+    # etcd's proxy holds a connection per registration; each member up to all of them (direct).
+    nofile = raise_nofile(o.registrations + o.hypervisors + 10_000)
     started = time.monotonic()
     print(f"region: {o.hypervisors:,} hypervisors ({o.registrations:,} leases, TTL {o.ttl} s), "
           f"{o.per_process} per process, registration measured "

@@ -17,10 +17,20 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLK = os.sysconf("SC_CLK_TCK")
 
 
-def raise_nofile() -> int:
-    """Every connection is a file descriptor: raise the soft limit to the hard one (children
-    inherit it). The hard limit itself moves with `ulimit -Hn` / systemd's LimitNOFILE."""
+def raise_nofile(want: int = 0) -> int:
+    """Every connection is a file descriptor: raise the soft limit to the hard one, and the hard
+    one to `want` when this process may (root, or CAP_SYS_RESOURCE; up to fs.nr_open). Children
+    (etcd members, the proxy, workers) inherit it. Otherwise the hard limit moves with
+    `ulimit -Hn`, /etc/security/limits.conf or systemd's LimitNOFILE."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if want > hard:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                want = min(want, int(f.read()))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want
+        except (OSError, ValueError):
+            pass  # not allowed: the soft limit still goes up to the hard one
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard

@@ -40,6 +40,7 @@ class Options:
     restarts: int = 1000
     rabbit_servers: int = 1000
     rabbit_per_process: int = 100
+    etcd_dir: str | None = None  # where the members' data dirs go (default: the temp dir)
     smoke: bool = False
     parts: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
@@ -52,7 +53,7 @@ class Options:
 class Region:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.cluster = EtcdCluster(3, extra_args=[
+        self.cluster = EtcdCluster(3, data_root=opts.etcd_dir, extra_args=[
             "--auto-compaction-mode=periodic", "--auto-compaction-retention=1h"])
         self.proxy: EtcdProxy | None = None
         self.hv: list[Worker] = []

@@ -76,6 +76,8 @@ class EtcdServer:
         initial_cluster: `--initial-cluster` when this is one member of an `EtcdCluster`
             (default: a cluster of this member alone); `client_port`/`peer_port` then come
             from the cluster too.
+        data_root: where the temp dir goes (default: the system's temp dir); e.g. a tmpfs,
+            to keep the WAL's fsyncs off a disk other work shares.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class EtcdServer:
         initial_cluster: str | None = None,
         client_port: int | None = None,
         peer_port: int | None = None,
+        data_root: str | None = None,
     ) -> None:
         self.name = name
         self.start_timeout = start_timeout
@@ -101,7 +104,7 @@ class EtcdServer:
         self.client_port = client_port or _free_port()
         self.peer_port = peer_port or _free_port()
         self.initial_cluster = initial_cluster
-        self.workdir = tempfile.mkdtemp(prefix="grpcrpc-etcd-")
+        self.workdir = tempfile.mkdtemp(prefix="grpcrpc-etcd-", dir=data_root)
         self.data_dir = os.path.join(self.workdir, "data")
         self.log_path = os.path.join(self.workdir, "etcd.log")
         self.user: tuple[str, str] | None = None
@@ -363,7 +366,7 @@ class EtcdCluster:
     """
 
     def __init__(self, size: int = 3, *, name: str = "grpcrpc-m", start_timeout: float = 30.0,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), data_root: str | None = None) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one member")
         ports = [(_free_port(), _free_port()) for _ in range(size)]
@@ -371,7 +374,8 @@ class EtcdCluster:
                            for i, (_, peer) in enumerate(ports))
         self.members = [
             EtcdServer(name=f"{name}{i}", start_timeout=start_timeout, extra_args=extra_args,
-                       initial_cluster=initial, client_port=client, peer_port=peer)
+                       initial_cluster=initial, client_port=client, peer_port=peer,
+                       data_root=data_root)
             for i, (client, peer) in enumerate(ports)
         ]
 
