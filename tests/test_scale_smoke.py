@@ -1,4 +1,4 @@
-"""`make scale` at smoke size (150 hypervisors, every part including the faults) so that the
+"""`make scale` at smoke size (100 hypervisors, every part including the faults) so that the
 harness cannot rot; the real figures come from `make scale`. Each part checks its own invariants
 (nothing failed, hung, lost or duplicated; every registration back) and the run exits 1 when one
 breaks, so this test fails with the table that says which."""

@@ -2,7 +2,7 @@
 
     python -m bench.scale                        # the full region: 10,000 hypervisors
     python -m bench.scale --hypervisors 1000     # a medium one
-    python -m bench.scale --smoke                # a few hundred hypervisors, all parts, minutes
+    python -m bench.scale --smoke                # 100 hypervisors, all parts, a few minutes
     python -m bench.scale --parts registration,faults --no-proxy
 
 The region: a 3-member etcd cluster (Debian's `etcd`, loopback ports, temp dirs) with
@@ -70,7 +70,7 @@ def options(argv: list[str] | None) -> Options:
                 fanouts=a.fanouts, restarts=a.restarts, rabbit_servers=a.rabbit_servers,
                 smoke=a.smoke, parts=parts)
     if a.smoke:
-        o.hypervisors, o.per_process, o.window, o.fanouts = 150, 75, 3.0, 2
+        o.hypervisors, o.per_process, o.window, o.fanouts = 100, 50, 3.0, 2
         o.restarts, o.rabbit_servers, o.rabbit_per_process = 10, 10, 10
         o.load_rate, o.fanin_rate, o.broadcasters, o.load_clients = 40.0, 100.0, 2, 1
         o.ttl = 10
