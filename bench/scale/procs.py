@@ -46,6 +46,7 @@ class Worker:
 
     def __init__(self, kind: str, start_timeout: float = 600.0, **args: Any) -> None:
         self.kind = kind
+        self.args = args
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.scale.worker", kind, json.dumps(args)],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)

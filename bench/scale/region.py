@@ -56,7 +56,8 @@ class Region:
         self.cluster = EtcdCluster(3, data_root=opts.etcd_dir, extra_args=[
             "--auto-compaction-mode=periodic", "--auto-compaction-retention=1h"])
         self.proxy: EtcdProxy | None = None
-        self.hv: list[Worker] = []
+        self.hv: list[Worker] = []  # the compute processes
+        self.agents: list[Worker] = []  # the agent processes (registrations only)
         self.load: list[Worker] = []
         self.control: Worker | None = None
         self._raw: Any = None
@@ -77,11 +78,19 @@ class Region:
         return list(self.cluster.endpoints)
 
     def spawn_hypervisors(self, mode: str) -> list[Worker]:
-        """Start every hypervisor process at once (a cold start); returns without waiting."""
+        """Start every hypervisor process at once (a cold start); returns without waiting.
+        Computes and agents run in separate processes, as they do on a hypervisor: the agents'
+        registries never share an interpreter with the compute servers."""
         o = self.opts
         return [Worker("hv", first=first, count=min(o.per_process, o.hypervisors - first),
-                       endpoints=self.endpoints(mode), ttl=o.ttl)
-                for first in range(0, o.hypervisors, o.per_process)]
+                       endpoints=self.endpoints(mode), ttl=o.ttl, role=role)
+                for first in range(0, o.hypervisors, o.per_process)
+                for role in ("computes", "agents")]
+
+    def adopt(self, workers: list[Worker]) -> None:
+        """These hypervisor processes are the region's from now on."""
+        self.hv = [w for w in workers if w.args["role"] == "computes"]
+        self.agents = [w for w in workers if w.args["role"] == "agents"]
 
     def start_control_and_load(self) -> None:
         o = self.opts
@@ -123,13 +132,14 @@ class Region:
 
     def hv_status(self, workers: list[Worker] | None = None) -> dict[str, int]:
         total: dict[str, int] = {}
-        for s in ask_all(workers or self.hv, "status", timeout=120):
+        for s in ask_all(workers or [*self.hv, *self.agents], "status", timeout=120):
             for k, v in s.items():
                 total[k] = total.get(k, 0) + int(v)
         return total
 
     def close(self) -> None:
-        close_all([*self.load, *([self.control] if self.control else []), *self.hv])
+        close_all([*self.load, *([self.control] if self.control else []), *self.hv,
+                   *self.agents])
         if self._raw is not None:
             self._raw.close()
         if self.proxy is not None:

@@ -24,7 +24,7 @@ def run(region: Region) -> Part:
     for mode in modes:
         workers = cold_start(region, part, mode)
         if mode == modes[-1]:
-            region.hv = workers
+            region.adopt(workers)
         else:
             close_all(workers)
             gone = wait_until(lambda: region.registered_keys() == 0, deadline_for(o))

@@ -56,6 +56,7 @@ class Hypervisors:
         from grpcrpc.discovery.etcd import EtcdConfig
 
         self.first, self.count, self.ttl = a["first"], a["count"], a["ttl"]
+        self.role = a.get("role", "all")  # "computes", "agents" or both
         self.endpoints: list[str] = a["endpoints"]
         self.config = EtcdConfig
         self.log = count_registry_logs()
@@ -86,18 +87,23 @@ class Hypervisors:
 
         names = [(f"hv{i:05d}", i) for i in range(self.first, self.first + self.count)]
         t0 = time.monotonic()
-        for k in range(0, len(names), 50):
-            batch = [(n, self._server(n, i)) for n, i in names[k:k + 50]]
-            await asyncio.gather(*(s.start() for _, s in batch))
-            self.servers.update(batch)
+        if self.role != "agents":
+            for k in range(0, len(names), 50):
+                batch = [(n, self._server(n, i)) for n, i in names[k:k + 50]]
+                await asyncio.gather(*(s.start() for _, s in batch))
+                self.servers.update(batch)
         t1 = time.monotonic()
+        if self.role == "computes":
+            return {"started": len(self.servers), "pid": os.getpid(), "servers_s": t1 - t0}
 
         def announce(name: str, i: int, j: int, topic: str) -> None:
             registry = self._registry(i + j + 1)
             self.agents.append(registry)
+            # An agent's endpoint nobody calls: the compute's address when it is here.
+            server = self.servers.get(name)
+            address = server.address if server else f"127.0.0.1:{20000 + i % 40000}"
             # Returns once stored, or after the config's timeout (it keeps trying after).
-            registry.announce(Endpoint(self.servers[name].address, topic, name,
-                                       instance=f"{topic}-{i}"))
+            registry.announce(Endpoint(address, topic, name, instance=f"{topic}-{i}"))
 
         # Agents are processes of their own in production: they start at once, not in turn.
         with concurrent.futures.ThreadPoolExecutor(64) as pool:
