@@ -20,10 +20,10 @@ def record(section: str, key: str, value: Any) -> None:
     RESULTS.setdefault(section, {})[key] = value
 
 
-def save(directory: pathlib.Path = HERE / "results") -> pathlib.Path:
+def save(directory: pathlib.Path = HERE / "results", prefix: str = "") -> pathlib.Path:
     directory.mkdir(exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
-    path = directory / f"{stamp}.json"
+    path = directory / f"{prefix}{stamp}.json"
     path.write_text(json.dumps(RESULTS, indent=1, default=str))
     return path
 

@@ -8,6 +8,12 @@ to report healthy, and lets a test stop, kill, restart and wipe it to play an op
 ...     etcd.etcdctl("put", "/grpcrpc/x", "1")
 ...     print(etcd.etcdctl("get", "--print-value-only", "/grpcrpc/x").strip())
 1
+
+`EtcdCluster` runs several members as one cluster (a leader to kill, a quorum to lose), and
+`EtcdProxy` runs `etcd grpc-proxy` (the same binary) in front of it:
+
+>>> with EtcdCluster(3) as cluster, EtcdProxy(cluster.endpoints) as proxy:   # doctest: +SKIP
+...     cluster.leader().kill()                     # the others elect a new one
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import urllib.request
 import weakref
 from collections.abc import Sequence
 
-__all__ = ["EtcdError", "EtcdServer"]
+__all__ = ["EtcdCluster", "EtcdError", "EtcdProxy", "EtcdServer"]
 
 
 class EtcdError(RuntimeError):
@@ -67,6 +73,11 @@ class EtcdServer:
             client certificate are made with `openssl` in the temp dir (`ca_file`,
             `cert_file`, `key_file` are the client's).
         extra_args: more command-line flags for etcd.
+        initial_cluster: `--initial-cluster` when this is one member of an `EtcdCluster`
+            (default: a cluster of this member alone); `client_port`/`peer_port` then come
+            from the cluster too.
+        data_root: where the temp dir goes (default: the system's temp dir); e.g. a tmpfs,
+            to keep the WAL's fsyncs off a disk other work shares.
     """
 
     def __init__(
@@ -79,6 +90,10 @@ class EtcdServer:
         extra_args: Sequence[str] = (),
         etcd_bin: str = "etcd",
         etcdctl_bin: str = "etcdctl",
+        initial_cluster: str | None = None,
+        client_port: int | None = None,
+        peer_port: int | None = None,
+        data_root: str | None = None,
     ) -> None:
         self.name = name
         self.start_timeout = start_timeout
@@ -86,9 +101,10 @@ class EtcdServer:
         self.extra_args = tuple(extra_args)
         self.etcd_bin = shutil.which(etcd_bin) or etcd_bin
         self.etcdctl_bin = shutil.which(etcdctl_bin) or etcdctl_bin
-        self.client_port = _free_port()
-        self.peer_port = _free_port()
-        self.workdir = tempfile.mkdtemp(prefix="grpcrpc-etcd-")
+        self.client_port = client_port or _free_port()
+        self.peer_port = peer_port or _free_port()
+        self.initial_cluster = initial_cluster
+        self.workdir = tempfile.mkdtemp(prefix="grpcrpc-etcd-", dir=data_root)
         self.data_dir = os.path.join(self.workdir, "data")
         self.log_path = os.path.join(self.workdir, "etcd.log")
         self.user: tuple[str, str] | None = None
@@ -163,6 +179,15 @@ class EtcdServer:
         """Start etcd from the current data dir (empty the first time); returns once healthy."""
         if self.running:
             return self
+        self.spawn()
+        self._wait_healthy()
+        return self
+
+    def spawn(self) -> None:
+        """Start the etcd process without waiting for it to be healthy (a cluster's members
+        must all be started before any of them is: health needs a quorum)."""
+        if self.running:
+            return
         peer = f"http://127.0.0.1:{self.peer_port}"
         args = [
             self.etcd_bin,
@@ -172,7 +197,7 @@ class EtcdServer:
             f"--advertise-client-urls={self.url}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster={self.name}={peer}",
+            f"--initial-cluster={self.initial_cluster or f'{self.name}={peer}'}",
             "--initial-cluster-state=new",
             "--logger=zap",
             "--log-level=warn",
@@ -189,8 +214,6 @@ class EtcdServer:
                                           stdin=subprocess.DEVNULL)
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _end, self._proc, self.workdir)
-        self._wait_healthy()
-        return self
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -205,6 +228,10 @@ class EtcdServer:
                 raise EtcdError(f"etcd not healthy after {self.start_timeout}s:\n{self.log_tail()}")
             time.sleep(delay)  # polling with a deadline, not a fixed wait
             delay = min(delay * 2, 0.1)
+
+    def wait_healthy(self) -> None:
+        """Wait (up to `start_timeout`) until this member reports healthy; `EtcdError` if not."""
+        self._wait_healthy()
 
     def _get(self, path: str, timeout: float) -> bytes:
         context = None
@@ -327,3 +354,147 @@ class EtcdServer:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<EtcdServer {self.endpoint} {state}>"
+
+
+class EtcdCluster:
+    """`size` etcd members on loopback ports forming one cluster, each in its own temp dir.
+
+    >>> cluster = EtcdCluster(3).start()              # doctest: +SKIP
+    >>> cluster.endpoints                             # doctest: +SKIP
+    ['127.0.0.1:40123', '127.0.0.1:40125', '127.0.0.1:40127']
+    >>> cluster.leader().kill(); cluster.stop(); cluster.start(); cluster.close()  # doctest: +SKIP
+    """
+
+    def __init__(self, size: int = 3, *, name: str = "grpcrpc-m", start_timeout: float = 30.0,
+                 extra_args: Sequence[str] = (), data_root: str | None = None) -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one member")
+        ports = [(_free_port(), _free_port()) for _ in range(size)]
+        initial = ",".join(f"{name}{i}=http://127.0.0.1:{peer}"
+                           for i, (_, peer) in enumerate(ports))
+        self.members = [
+            EtcdServer(name=f"{name}{i}", start_timeout=start_timeout, extra_args=extra_args,
+                       initial_cluster=initial, client_port=client, peer_port=peer,
+                       data_root=data_root)
+            for i, (client, peer) in enumerate(ports)
+        ]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self) -> EtcdCluster:
+        """Start every member that is not running; returns once all are healthy."""
+        for member in self.members:
+            member.spawn()
+        for member in self.members:
+            member.wait_healthy()
+        return self
+
+    def stop(self) -> None:
+        """Stop every member gracefully (the data stays): the whole cluster is down."""
+        for member in self.members:
+            member.stop()
+
+    def leader(self, timeout: float = 10.0) -> EtcdServer:
+        """The member that is leader now (waits for an election, up to `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for member in self.members:
+                if not member.running:
+                    continue
+                try:
+                    status = json.loads(member.etcdctl("endpoint", "status", "-w", "json",
+                                                       timeout=5.0))[0]["Status"]
+                except (EtcdError, ValueError, LookupError):
+                    continue
+                if status.get("leader") and status["leader"] == status["header"]["member_id"]:
+                    return member
+            if time.monotonic() > deadline:
+                raise EtcdError(f"no leader among {self.endpoints} after {timeout}s")
+            time.sleep(0.1)  # polling with a deadline
+
+    def close(self) -> None:
+        for member in self.members:
+            member.close()
+
+    def __enter__(self) -> EtcdCluster:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class EtcdProxy:
+    """`etcd grpc-proxy start` on a free loopback port, in front of `endpoints`: it coalesces
+    watches and lease keepalives of many clients into a few streams to the cluster.
+
+    `endpoint` is where clients connect; `metrics()` reads the proxy's own `/metrics`.
+    """
+
+    def __init__(self, endpoints: Sequence[str], *, start_timeout: float = 15.0,
+                 etcd_bin: str = "etcd") -> None:
+        self.cluster_endpoints = list(endpoints)
+        self.start_timeout = start_timeout
+        self.etcd_bin = shutil.which(etcd_bin) or etcd_bin
+        self.port = _free_port()
+        self.metrics_port = _free_port()
+        self.workdir = tempfile.mkdtemp(prefix="grpcrpc-etcd-proxy-")
+        self.log_path = os.path.join(self.workdir, "proxy.log")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._finalizer = weakref.finalize(self, _end, None, self.workdir)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def start(self) -> EtcdProxy:
+        args = [self.etcd_bin, "grpc-proxy", "start",
+                f"--endpoints={','.join(self.cluster_endpoints)}",
+                f"--listen-addr={self.endpoint}",
+                f"--metrics-addr=http://127.0.0.1:{self.metrics_port}",
+                f"--data-dir={os.path.join(self.workdir, 'data')}"]
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL)
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _end, self._proc, self.workdir)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise EtcdError(f"etcd grpc-proxy exited while starting:\n{self._log_tail()}")
+            try:
+                self.metrics()
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+                    return self
+            except (OSError, urllib.error.URLError):
+                pass
+            if time.monotonic() > deadline:
+                self.close()
+                raise EtcdError(f"etcd grpc-proxy not up after {self.start_timeout}s")
+            time.sleep(0.05)  # polling with a deadline
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30.0) as resp:
+            return bytes(resp.read()).decode()
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
+        except OSError:
+            return "(no log)"
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> EtcdProxy:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
