@@ -64,9 +64,8 @@ from grpcrpc.transport.base import (
     check_size,
     fanout_request,
     parse_report,
-    probe_answered,
     rpc_failure,
-    unresponsive,
+    settle_probe,
 )
 from grpcrpc.transport.batching import BATCH_BYTES, Outbox
 
@@ -297,21 +296,10 @@ class AsyncTransport(TransportBase):
                              metadata=self._metadata or None)
         except grpc.RpcError as err:
             code = err.code()
-        finally:
-            conn.liveness.probing = False
-        if probe_answered(code):
-            conn.liveness.answered = time.monotonic()
-            return
-        silent = conn.liveness.unanswered(conn.streams(), started)
-        if not silent:
-            return
-        waited = time.monotonic() - min(s.heard for s in silent)
-        self.balancer.ejections.eject(conn.address)
-        log.warning("%s did not answer a probe within %.1fs with %d message(s) waiting: "
-                    "failing them as possibly delivered, ejecting it",
-                    conn.address, self.options.probe_timeout, sum(s.in_flight for s in silent))
-        for stream in silent:
-            stream.fail(unresponsive(conn.address, waited))
+        except BaseException:
+            conn.liveness.probing = False  # cancelled with the transport: no verdict
+            raise
+        settle_probe(self, conn, started, code)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         # Only ever called on the loop, after a first connection bound it.

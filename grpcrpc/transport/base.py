@@ -9,6 +9,7 @@ is overloaded): that is the only way to never deliver anything twice.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -35,6 +36,8 @@ from grpcrpc.exceptions import (
 from grpcrpc.fanout import FanoutReport
 from grpcrpc.generated.v1 import broadcaster_pb2 as bpb
 from grpcrpc.target import Target
+
+log = logging.getLogger("grpcrpc.transport")
 
 __all__ = [
     "BATCHES_METHOD",
@@ -337,6 +340,40 @@ def unresponsive(address: str, waited: float) -> DeliveryError:
     """What the messages on a connection that stopped answering hear."""
     return DeliveryError(f"stream @ {address}: the server did not answer a probe within "
                          f"{waited:.1f}s (frozen or unreachable)")
+
+
+class _Failable(_Silent, Protocol):
+    def fail(self, error: BaseException) -> None: ...
+
+
+class _Probed(Protocol):
+    """What settling a probe needs of a connection (either transport's)."""
+
+    address: str
+    liveness: Liveness
+
+    def streams(self) -> Iterable[_Failable | None]: ...
+
+
+def settle_probe(transport: TransportBase, conn: _Probed, started: float,
+                 code: grpc.StatusCode | None) -> None:
+    """A liveness probe sent at `started` came back with `code` (None: an answer). When it
+    went unanswered and nothing was heard since, fail what waits on the connection as possibly
+    delivered and keep new work away from it (both transports)."""
+    conn.liveness.probing = False
+    if probe_answered(code):
+        conn.liveness.answered = time.monotonic()
+        return
+    silent = conn.liveness.unanswered(conn.streams(), started)
+    if not silent:
+        return
+    waited = time.monotonic() - min(s.heard for s in silent)
+    transport.balancer.ejections.eject(conn.address)
+    log.warning("%s did not answer a probe within %.1fs with %d message(s) waiting: "
+                "failing them as possibly delivered, ejecting it",
+                conn.address, transport.options.probe_timeout, sum(s.in_flight for s in silent))
+    for stream in silent:
+        stream.fail(unresponsive(conn.address, waited))
 
 
 class NotSent(Exception):

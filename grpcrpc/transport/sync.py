@@ -69,9 +69,8 @@ from grpcrpc.transport.base import (
     check_size,
     fanout_request,
     parse_report,
-    probe_answered,
     rpc_failure,
-    unresponsive,
+    settle_probe,
 )
 from grpcrpc.transport.batching import BATCH_BYTES, frame
 
@@ -341,20 +340,7 @@ class SyncTransport(TransportBase):
 
     def _probed(self, conn: _Conn, started: float, future: Any) -> None:
         """gRPC's thread: the probe came back (or did not)."""
-        conn.liveness.probing = False
-        if probe_answered(future.code()):
-            conn.liveness.answered = time.monotonic()
-            return
-        silent = conn.liveness.unanswered(conn.streams(), started)
-        if not silent:
-            return
-        waited = time.monotonic() - min(s.heard for s in silent)
-        self.balancer.ejections.eject(conn.address)
-        log.warning("%s did not answer a probe within %.1fs with %d message(s) waiting: "
-                    "failing them as possibly delivered, ejecting it",
-                    conn.address, self.options.probe_timeout, sum(s.in_flight for s in silent))
-        for stream in silent:
-            stream.fail(unresponsive(conn.address, waited))
+        settle_probe(self, conn, started, future.code())
 
     def _evict_locked(self) -> None:
         """Keep the pool bounded: close the oldest idle connections beyond the limit."""
