@@ -206,13 +206,15 @@ class _ClientBase:
             # A fanout names its AZ, so whichever broadcaster takes it delivers in that AZ.
             target=self._wire_target(exchange, own_az),
             method=method,
-            args=args,
             cast=cast,
             # A fanout is a cast: a call on a fanout target goes to one server as a call.
             fanout=cast and self.target.fanout,
             context=context,
             timeout_ms=0 if timeout is None else ev.timeout_ms(timeout),
+            blob_replies=True,  # this client reads a result's long strings as blobs
         )
+        # Copied in, not passed to the constructor (which copies a large payload ~10x slower).
+        env.args.CopyFrom(args)
         if headers:
             env.headers.update(headers)
         return env.SerializeToString()
@@ -227,7 +229,7 @@ class _ClientBase:
                 return ev.payload_to_message(payload, response_type, f"{method} result")
             if payload.WhichOneof("body") == "message":
                 return ev.payload_to_python(payload, f"{method} result")
-            value = ev.decode_json(payload.json, "result")
+            value = ev.payload_value(payload, "result")
             return value if self._plain_entities else self.serializer.deserialize_entity(ctxt, value)
         if kind == "failure":
             failure = reply.failure
