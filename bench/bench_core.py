@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny counts: checks it runs")
     args = parser.parse_args(argv)
     concurrency = (1, 8, 64, 256)
-    payloads = (100, 10_000, 1_000_000)
+    payloads = (100, 10_000, 100_000, 1_000_000)  # 100 KB: nova's larger RPC payloads
     if args.smoke:
         args.reps, args.calls, args.casts = 1, 40, 200
         concurrency, payloads = (1, 8), (100,)
