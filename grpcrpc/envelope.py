@@ -35,6 +35,7 @@ __all__ = [
     "Payload",
     "Reply",
     "WireTarget",
+    "blob_args",
     "build_envelope",
     "decode_json",
     "encode_json",
@@ -51,6 +52,8 @@ __all__ = [
     "payload_to_message",
     "payload_to_python",
     "payload_value",
+    "plain_args",
+    "refused_blob_args",
     "reply_failure",
     "timeout_ms",
     "validate_envelope",
@@ -159,7 +162,10 @@ def payload_value(payload: pb.Payload, what: str = "payload") -> Any:
         if data or len(blobs) != 1:
             raise exc.InvalidEnvelope(f"{what}: a whole-value blob comes alone")
         return _utf8(blobs[0].utf8, what)
-    value = decode_json(data, what) if data else {}
+    return _put_blobs(decode_json(data, what) if data else {}, blobs, what)
+
+
+def _put_blobs(value: Any, blobs: Iterable[pb.Blob], what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise exc.InvalidEnvelope(f"{what}: blobs with keys need a JSON object")
     for blob in blobs:
@@ -167,6 +173,63 @@ def payload_value(payload: pb.Payload, what: str = "payload") -> Any:
             raise exc.InvalidEnvelope(f"{what}: a blob without a key, or a key given twice")
         value[blob.key] = _utf8(blob.utf8, what)
     return value
+
+
+BLOB_ARGS = "grpcrpc.v1.BlobArgs"
+_BLOB_ARGS_URL = "type.googleapis.com/" + BLOB_ARGS
+
+
+def blob_args(kwargs: dict[str, Any]) -> pb.Payload | None:
+    """Call arguments with their long top-level strings as blobs, marked as `BlobArgs` (which
+    servers that predate blobs refuse unrun); None when no argument is that long.
+
+    >>> packed = blob_args({"n": 1, "body": "x" * BLOB_CHARS})
+    >>> packed.message.TypeName(), payload_to_python(packed) == {"n": 1, "body": "x" * BLOB_CHARS}
+    ('grpcrpc.v1.BlobArgs', True)
+    >>> blob_args({"n": 1}) is None
+    True
+    """
+    for v in kwargs.values():
+        if type(v) is str and len(v) >= BLOB_CHARS:
+            break
+    else:
+        return None
+    payload = pb.Payload()
+    rest = {}
+    try:
+        for k, v in kwargs.items():
+            if type(v) is str and type(k) is str and len(v) >= BLOB_CHARS:
+                blob = payload.blobs.add()
+                blob.key, blob.utf8 = k, v.encode()
+            else:
+                rest[k] = v
+    except UnicodeEncodeError as err:  # a lone surrogate: not valid UTF-8, nor JSON
+        raise exc.SerializationError(f"value is not JSON-serialisable: {err}") from None
+    if not payload.blobs:
+        return None
+    packed = payload.message
+    packed.type_url = _BLOB_ARGS_URL
+    packed.value = pb.BlobArgs(json=encode_json(rest)).SerializeToString()
+    return payload
+
+
+def refused_blob_args(failure: pb.Failure) -> bool:
+    """Whether a failure is a server that predates blobs refusing `BlobArgs` (so it did not run
+    the call: safe to send again as plain JSON)."""
+    return failure.code == pb.INVALID_ENVELOPE and BLOB_ARGS in failure.message
+
+
+def plain_args(payload: pb.Payload) -> pb.Payload:
+    """`BlobArgs` as the plain JSON payload a server that predates blobs reads."""
+    return pb.Payload(json=encode_json(_blob_args_value(payload, "args")))
+
+
+def _blob_args_value(payload: pb.Payload, what: str) -> dict[str, Any]:
+    try:
+        rest = pb.BlobArgs.FromString(payload.message.value).json
+    except DecodeError as err:
+        raise exc.InvalidEnvelope(f"{what} does not decode: {err}") from None
+    return _put_blobs(decode_json(rest, what) if rest else {}, payload.blobs, what)
 
 
 def _utf8(data: bytes, what: str) -> str:
@@ -195,7 +258,7 @@ def message_class(type_name: str) -> type[Message]:
 def payload_to_message(payload: pb.Payload, cls: type[Message], what: str = "payload") -> Message:
     """The payload as a `cls` message, whether it came typed (Any) or as JSON (dict-style peer)."""
     result = cls()
-    if payload.WhichOneof("body") == "message":
+    if payload.WhichOneof("body") == "message" and payload.message.TypeName() != BLOB_ARGS:
         if payload.message.TypeName() != cls.DESCRIPTOR.full_name:
             raise exc.InvalidEnvelope(
                 f"{what} is a {payload.message.TypeName()}, expected {cls.DESCRIPTOR.full_name}"
@@ -205,7 +268,10 @@ def payload_to_message(payload: pb.Payload, cls: type[Message], what: str = "pay
         except DecodeError as err:
             raise exc.InvalidEnvelope(f"{what} does not decode: {err}") from None
         return result
-    data = payload_value(payload, what)
+    if payload.WhichOneof("body") == "message":  # BlobArgs from a dict-style caller
+        data = _blob_args_value(payload, what)
+    else:
+        data = payload_value(payload, what)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -225,6 +291,8 @@ def message_to_python(message: Message) -> Any:
 def payload_to_python(payload: pb.Payload, what: str = "payload") -> Any:
     """The payload as plain values, whether it came as JSON or typed (for dict-style code)."""
     if payload.WhichOneof("body") == "message":
+        if payload.message.TypeName() == BLOB_ARGS:
+            return _blob_args_value(payload, what)
         cls = message_class(payload.message.TypeName())
         return message_to_python(payload_to_message(payload, cls, what))
     return payload_value(payload, what)

@@ -72,3 +72,46 @@ def test_old_reader_of_a_reply_with_blobs_would_see_them_missing() -> None:
     """Why blobs go only to callers that ask: a reader that predates them sees no value."""
     reply = pb.Reply(id="1", result=ev.json_payload(LONG, blobs=True))
     assert reply.result.json == b""  # an old client would decode this as None
+
+
+def test_blob_args_pack_and_unpack() -> None:
+    packed = ev.blob_args({"n": 1, "big": LONG})
+    assert packed is not None and packed.message.TypeName() == ev.BLOB_ARGS
+    back = pb.Payload.FromString(packed.SerializeToString())
+    assert ev.payload_to_python(back, "args") == {"n": 1, "big": LONG}
+    assert ev.decode_json(ev.plain_args(back).json) == {"n": 1, "big": LONG}
+    assert ev.blob_args({"n": 1, "s": "short"}) is None
+    assert ev.blob_args({"nested": [LONG]}) is None  # only top-level strings go apart
+    with pytest.raises(SerializationError):
+        ev.blob_args({"big": LONG + "\udfff"})
+
+
+def test_blob_args_to_a_typed_endpoint() -> None:
+    from google.protobuf import struct_pb2
+
+    packed = ev.blob_args({"fields": {}, "big": LONG})
+    assert packed is not None
+    assert isinstance(ev.payload_to_message(packed, struct_pb2.Struct, "args"), struct_pb2.Struct)
+
+
+@pytest.mark.parametrize("inner, blobs", [
+    (b"\xff\xff", [pb.Blob(key="a", utf8=b"x")]),  # not a protobuf message
+    (pb.BlobArgs(json=b"[1]").SerializeToString(), [pb.Blob(key="a", utf8=b"x")]),  # not an object
+    (pb.BlobArgs(json=b'{"a":1}').SerializeToString(), [pb.Blob(key="a", utf8=b"x")]),  # twice
+    (b"", [pb.Blob(utf8=b"x")]),  # no key
+    (b"", [pb.Blob(key="a", utf8=b"\xff")]),  # not UTF-8
+])
+def test_bad_blob_args_are_invalid_envelopes(inner: bytes, blobs: list[pb.Blob]) -> None:
+    payload = pb.Payload(blobs=blobs)
+    payload.message.type_url = "type.googleapis.com/" + ev.BLOB_ARGS
+    payload.message.value = inner
+    with pytest.raises(InvalidEnvelope):
+        ev.payload_to_python(payload, "args")
+
+
+def test_refused_blob_args_is_only_that_refusal() -> None:
+    refusal = pb.Failure(code=pb.INVALID_ENVELOPE,
+                         message=f"unknown message type {ev.BLOB_ARGS!r}")
+    assert ev.refused_blob_args(refusal)
+    assert not ev.refused_blob_args(pb.Failure(code=pb.INVALID_ENVELOPE, message="bad id"))
+    assert not ev.refused_blob_args(pb.Failure(code=pb.REMOTE, message=ev.BLOB_ARGS))

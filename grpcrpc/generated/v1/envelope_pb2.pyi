@@ -133,8 +133,8 @@ class Payload(_message.Message):
         """Long strings taken out of the JSON body and carried as their UTF-8 bytes, so that neither
         side JSON-escapes or -scans them: the whole value (a blob without a key, `json` empty), or
         entries of the JSON object `json` holds (its other entries). A sender puts blobs only in a
-        reply to an envelope with `blob_replies` set (a peer that reads them), or in args it sends
-        to a server known to read them.
+        reply to an envelope with `blob_replies` set (a peer that reads them), and in call args
+        marked as BlobArgs (see there).
         """
 
     def __init__(
@@ -153,6 +153,31 @@ class Payload(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___Payload: _TypeAlias = Payload  # noqa: Y015
+
+@_typing.final
+class BlobArgs(_message.Message):
+    """Call arguments with blobs: a Payload whose `message` is an Any of this type (the JSON of the
+    arguments that are not blobs) and whose `blobs` are the rest, by key. A server that predates
+    blobs does not know the type and refuses the call unrun (INVALID_ENVELOPE naming it), so the
+    client sends it again as plain JSON and sends no more blob args.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_FIELD_NUMBER: _builtins.int
+    json: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["json", b"json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlobArgs: _TypeAlias = BlobArgs  # noqa: Y015
 
 @_typing.final
 class Blob(_message.Message):
