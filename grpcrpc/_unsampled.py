@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
@@ -46,6 +47,8 @@ class _PresetIds:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.preset = threading.local()
+        probe = getattr(inner, "is_trace_id_random", None)
+        self.random = bool(probe()) if probe is not None else False
 
     def generate_trace_id(self) -> int:
         trace_id: int | None = getattr(self.preset, "trace_id", None)
@@ -58,8 +61,7 @@ class _PresetIds:
         return int(self.inner.generate_span_id())
 
     def is_trace_id_random(self) -> bool:
-        probe = getattr(self.inner, "is_trace_id_random", None)
-        return bool(probe()) if probe is not None else False
+        return self.random
 
 
 def _root_rule(sampler: Any) -> Any:
@@ -122,8 +124,9 @@ class Decider:
     def client_headers(self) -> dict[str, str] | None:
         """The headers of an outgoing envelope whose trace is not sampled, or None when the SDK
         must make a span (a sampled trace, or a decision only the SDK can make)."""
-        ctx = trace.get_current_span().get_span_context()
-        if ctx.is_valid:
+        current = otel_context.get_current()
+        ctx = trace.get_current_span(current).get_span_context() if current else None
+        if ctx is not None and ctx.is_valid:
             if ctx.trace_flags & 1 or not (self.drop_remote if ctx.is_remote else self.drop_local):
                 return None
             headers: dict[str, str] = {}
@@ -137,9 +140,9 @@ class Decider:
         if root(trace_id):
             ids.preset.trace_id = trace_id  # the SDK's root span gets the id just sampled
             return None
-        flags = _RANDOM if ids.is_trace_id_random() else 0
+        flags = _RANDOM if ids.random else 0
         span_id = ids.generate_span_id()
-        if self.plain_headers and not baggage.get_all():
+        if self.plain_headers and not (current and baggage.get_all(current)):
             return {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
         headers = {}
         propagate.inject(headers, context=trace.set_span_in_context(NonRecordingSpan(
@@ -161,7 +164,7 @@ class Decider:
             if root(trace_id):
                 ids.preset.trace_id = trace_id
                 return None
-            flags = _RANDOM if ids.is_trace_id_random() else 0
+            flags = _RANDOM if ids.random else 0
             return trace.set_span_in_context(NonRecordingSpan(SpanContext(
                 trace_id, ids.generate_span_id(), is_remote=False,
                 trace_flags=TraceFlags(flags))), Context())
