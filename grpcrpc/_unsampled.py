@@ -170,19 +170,45 @@ class Decider:
                 trace_flags=TraceFlags(flags))), Context())
         if not self.drop_remote or len(parent) != 55 or parent[54] not in "02468ace":
             return None  # sampled, or not the plain format: the SDK decides
-        match = _TRACEPARENT.fullmatch(parent)
-        if match is None:
-            return None
         if "baggage" in headers or "tracestate" in headers:
             context = propagate.extract(headers)
             ctx = trace.get_current_span(context).get_span_context()
             return context if ctx.is_valid and not ctx.trace_flags & 1 else None
-        trace_id, span_id = int(match[1], 16), int(match[2], 16)
-        if not trace_id or not span_id:
+        return _parent(parent)
+
+    def parent_context(self, headers: Mapping[str, str]) -> Context | None:
+        """The caller's context for the SDK's span (what `propagate.extract` returns), parsed
+        here when it is a plain `traceparent` alone."""
+        parent = headers.get("traceparent")
+        if (parent is None or not self.plain_headers or "baggage" in headers
+                or "tracestate" in headers):
             return None
-        return trace.set_span_in_context(NonRecordingSpan(SpanContext(
-            trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16)))),
-            Context())
+        return _parent(parent)
+
+    def inject(self, headers: dict[str, str], span: trace.Span) -> None:
+        """`propagate.inject` of `span`'s context (with the current baggage), the plain
+        `traceparent` written here when that is all there is."""
+        ctx = span.get_span_context()
+        if not ctx.is_valid:  # nothing to propagate (OpenTelemetry's inject skips it too)
+            return
+        if self.plain_headers and not ctx.trace_state and not (
+                otel_context.get_current() and baggage.get_all()):
+            headers["traceparent"] = (f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-"
+                                      f"{ctx.trace_flags:02x}")
+            return
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+
+
+def _parent(traceparent: str) -> Context | None:
+    match = _TRACEPARENT.fullmatch(traceparent)
+    if match is None:
+        return None
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if not trace_id or not span_id:
+        return None
+    return trace.set_span_in_context(NonRecordingSpan(SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16)))),
+        Context())
 
 
 _decider: Decider | None = None

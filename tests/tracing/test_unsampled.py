@@ -198,3 +198,29 @@ def test_unsampled_trace_across_real_servers(
     assert not first.trace_flags.sampled and not second.trace_flags.sampled
     assert tracer.started == [] and spans.get_finished_spans() == ()  # type: ignore[attr-defined]
     assert otel_context.get_current() == otel_context.Context()
+
+
+def test_sampled_headers_and_parents_match_opentelemetrys_own(
+        tracer: Tracer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sampled path writes and reads `traceparent` itself: the same as propagate's."""
+    from opentelemetry import propagate
+
+    from grpcrpc import _unsampled
+
+    _sampler(tracer, monkeypatch, ParentBased(ALWAYS_ON))
+    decider = _unsampled.decider(tracer)
+    assert decider is not None
+    span = tracer.start_span("x")
+    ours: dict[str, str] = {}
+    decider.inject(ours, span)
+    theirs: dict[str, str] = {}
+    propagate.inject(theirs, context=trace.set_span_in_context(span))
+    span.end()
+    assert ours == theirs and _flags(ours["traceparent"]) & 1
+    for headers in (ours, {"traceparent": f"00-{TRACE}-{PARENT}-01"}):
+        mine = decider.parent_context(headers)
+        assert mine is not None
+        assert (trace.get_current_span(mine).get_span_context()
+                == trace.get_current_span(propagate.extract(headers)).get_span_context())
+    assert decider.parent_context({"traceparent": f"00-{TRACE}-{PARENT}-01",
+                                   "baggage": "a=b"}) is None  # left to propagate.extract
