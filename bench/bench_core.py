@@ -30,6 +30,7 @@ from bench.results import record
 from grpcrpc import AsyncRPCClient, Endpoint, RPCClient, StaticResolver, Target
 
 ECHO = "/bench.Raw/Echo"
+ECHO_JSON = "/bench.Raw/EchoJson"
 SINK = "/bench.Raw/Sink"
 
 
@@ -102,10 +103,10 @@ async def _timed_async(one: Callable[[int], Awaitable[object]], n: int, concurre
     return lat, n / (time.perf_counter() - start)
 
 
-def raw_aio(address: str, n: int, concurrency: int, payload: object) -> Lat:
+def raw_aio(address: str, n: int, concurrency: int, payload: object, method: str = ECHO) -> Lat:
     async def go() -> Lat:
         async with grpc.aio.insecure_channel(address) as channel:
-            echo = channel.unary_unary(ECHO)
+            echo = channel.unary_unary(method)
 
             async def one(i: int) -> None:
                 json.loads(await echo(json.dumps({"x": payload}).encode(), timeout=30))
@@ -164,6 +165,15 @@ def rpc_cast(address: str, n: int, in_flight: int = 256) -> float:
     return run_async(go())
 
 
+def host_states(size: int) -> list[dict[str, object]]:
+    """About `size` bytes of JSON shaped like nova's host states: many small values."""
+    one = {"host": "compute-00000", "nodename": "node-00000", "free_ram_mb": 65536,
+           "free_disk_gb": 2048, "vcpus_used": 12, "aggregates": ["az1", "ssd"],
+           "metrics": {"cpu.percent": 37.5, "numa": [0, 1]}}
+    count = max(1, size // len(json.dumps(one)))
+    return [{**one, "host": f"compute-{i:05d}", "nodename": f"node-{i:05d}"} for i in range(count)]
+
+
 SYSTEMS = {
     "raw grpcio sync": raw_sync, "grpcrpc RPCClient": rpc_sync,
     "raw grpc.aio": raw_aio, "grpcrpc AsyncRPCClient": rpc_aio,
@@ -179,10 +189,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny counts: checks it runs")
     args = parser.parse_args(argv)
     concurrency = (1, 8, 64, 256)
-    payloads = (100, 10_000, 1_000_000)
+    payloads = (100, 10_000, 100_000, 1_000_000)  # 100 KB: nova's larger RPC payloads
+    # Structured payloads (nova's host states, request specs: many small values, no long
+    # string) of about these sizes; the raw server decodes and re-encodes them, as any real one.
+    structured = (100_000, 1_000_000)
     if args.smoke:
         args.reps, args.calls, args.casts = 1, 40, 200
-        concurrency, payloads = (1, 8), (100,)
+        concurrency, payloads, structured = (1, 8), (100,), (10_000,)
     pin_client()
     busy = busy_fraction()
     if busy > 0.15 and not args.smoke:
@@ -192,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     p50: dict[tuple[str, int], Series] = {}
     size_rate: dict[tuple[str, int], Series] = {}
     size_p50: dict[tuple[str, int], Series] = {}
+    struct_rate: dict[tuple[str, int], Series] = {}
     casts: dict[str, Series] = {"raw": Series(), "rpc": Series()}
     latencies: dict[str, list[float]] = {}
     n = args.calls
@@ -217,6 +231,13 @@ def main(argv: list[str] | None = None) -> None:
                     lat, r = SYSTEMS[system](address, count, 1, body)
                     size_rate.setdefault((system, size), Series()).values.append(r)
                     size_p50.setdefault((system, size), Series()).values.append(percentile(lat, 0.5))
+            for size in structured:
+                body = host_states(size)
+                count = max(20, n // 10) if size >= 1_000_000 else max(50, n // 3)
+                _, r = raw_aio(raw, count, 1, body, ECHO_JSON)
+                struct_rate.setdefault(("raw grpc.aio", size), Series()).values.append(r)
+                _, r = rpc_aio(rpc, count, 1, body)
+                struct_rate.setdefault(("grpcrpc AsyncRPCClient", size), Series()).values.append(r)
             casts["raw"].values.append(raw_oneway(raw, args.casts))
             casts["rpc"].values.append(rpc_cast(rpc, args.casts))
     rows = []
@@ -237,6 +258,12 @@ def main(argv: list[str] | None = None) -> None:
             ref = RAW_OF.get(system)
             rows.append((f"call {size} B payload: rate", system, size_rate[(system, size)], "/s",
                          size_rate[(ref, size)] if ref else None, False))
+    for size in structured:
+        ref_series = struct_rate[("raw grpc.aio", size)]
+        rows.append((f"call {size} B structured: rate", "raw grpc.aio (decodes)", ref_series, "/s",
+                     None, False))
+        rows.append((f"call {size} B structured: rate", "grpcrpc AsyncRPCClient",
+                     struct_rate[("grpcrpc AsyncRPCClient", size)], "/s", ref_series, False))
     rows.append(("cast throughput (consumed)", "raw one-way stream", casts["raw"], "/s", None, False))
     rows.append(("cast throughput (consumed)", "grpcrpc cast x256", casts["rpc"], "/s", casts["raw"],
                  False))

@@ -1,12 +1,14 @@
 """Server processes for the benchmarks: `python servers.py KIND CORE`.
 
-KIND is `raw` (plain grpc.aio handlers: unary echo, a one-way client stream that counts) or
+KIND is `raw` (plain grpc.aio handlers: unary echo of the bytes, a unary echo that decodes and
+re-encodes the JSON, a one-way client stream that counts) or
 `grpcrpc` (an RPCServer with the equivalent endpoints). Prints "ADDRESS host:port" once serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -36,6 +38,10 @@ async def raw_server() -> grpc.aio.Server:
     async def echo(request: bytes, context: Any) -> bytes:
         return request
 
+    async def echo_json(request: bytes, context: Any) -> bytes:
+        # What a real server does with a structured payload: decode it, answer it encoded.
+        return json.dumps(json.loads(request)).encode()
+
     async def sink(requests: AsyncIterator[bytes], context: Any) -> bytes:
         n = 0
         async for _ in requests:
@@ -45,6 +51,7 @@ async def raw_server() -> grpc.aio.Server:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Raw", {
         "Echo": grpc.unary_unary_rpc_method_handler(echo),
+        "EchoJson": grpc.unary_unary_rpc_method_handler(echo_json),
         "Sink": grpc.stream_unary_rpc_method_handler(sink),
     })])
     port = server.add_insecure_port("127.0.0.1:0")

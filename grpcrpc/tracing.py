@@ -35,6 +35,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
 
+from grpcrpc import _unsampled
 from grpcrpc._ratelog import SparseFilter
 
 __all__ = [
@@ -228,6 +229,37 @@ class _NoServerSpan:
         return None
 
 
+class _Passed:
+    """An envelope whose trace is not sampled, with no metrics to record: its headers only."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+
+    def __enter__(self) -> dict[str, str]:
+        return self.headers
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+class _Attached:
+    """A dispatch whose trace is not sampled: the caller's context is current (the endpoint's
+    own calls carry it on, sampled=0), no span."""
+
+    __slots__ = ("context", "token")
+
+    def __init__(self, context: otel_context.Context) -> None:
+        self.context = context
+
+    def __enter__(self) -> None:
+        self.token = otel_context.attach(self.context)
+
+    def __exit__(self, *exc_info: object) -> None:
+        otel_context.detach(self.token)
+
+
 _UNTRACED = _Untraced()
 _NO_SERVER_SPAN = _NoServerSpan()
 
@@ -243,7 +275,17 @@ def client_span(kind: str, topic: str, method: str, msg_id: str = "", *, server:
     tracer, metrics_on = _tracer(), metrics_enabled()
     if tracer is None and not metrics_on:
         return _UNTRACED
-    return _client_span(tracer, metrics_on, kind, topic, method, msg_id, server, az, version)
+    unsampled, decider = None, None
+    if tracer is not None:
+        # A trace that will not be sampled gets no SDK span, only its context passed on.
+        decider = _unsampled.decider(tracer)
+        unsampled = decider.client_headers() if decider is not None else None
+        if unsampled is not None:
+            if not metrics_on:
+                return _Passed(unsampled)
+            tracer = None
+    return _client_span(tracer, metrics_on, kind, topic, method, msg_id, server, az, version,
+                        unsampled, decider)
 
 
 def _recording(span: trace.Span, attrs: Callable[[], dict[str, Any]]) -> None:
@@ -256,13 +298,15 @@ def _recording(span: trace.Span, attrs: Callable[[], dict[str, Any]]) -> None:
 
 @contextmanager
 def _client_span(tracer: trace.Tracer | None, metrics_on: bool, kind: str, topic: str,
-                 method: str, msg_id: str, server: str, az: str, version: str
+                 method: str, msg_id: str, server: str, az: str, version: str,
+                 unsampled: dict[str, str] | None, decider: _unsampled.Decider | None
                  ) -> Iterator[dict[str, str]]:
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = {} if unsampled is None else unsampled
     start = time.perf_counter()
     try:
         if tracer is None:
-            inject(headers)
+            if unsampled is None:
+                inject(headers)
             yield headers
             return
         span_kind = SpanKind.CLIENT if kind == "call" else SpanKind.PRODUCER
@@ -275,7 +319,10 @@ def _client_span(tracer: trace.Tracer | None, metrics_on: bool, kind: str, topic
                 **_attributes(topic, method, msg_id, operation="call" if kind == "call" else "send",
                               server=server, az=az, version=version),
                 "grpcrpc.kind": kind})
-            propagate.inject(headers, context=trace.set_span_in_context(span))
+            if decider is not None:
+                decider.inject(headers, span)
+            else:
+                propagate.inject(headers, context=trace.set_span_in_context(span))
             yield headers
         except BaseException as error:
             _fail(span, error)
@@ -299,35 +346,52 @@ def server_span(headers: Mapping[str, str], topic: str, method: str, msg_id: str
     tracer, metrics_on = _tracer(), metrics_enabled()
     if not headers and tracer is None and not metrics_on:
         return _NO_SERVER_SPAN
-    return _server_span(tracer, metrics_on, headers, topic, method, msg_id, cast, fanout,
+    parent = None
+    if tracer is not None:
+        # A trace that will not be sampled gets no SDK span: its context is made current.
+        decider = _unsampled.decider(tracer)
+        unsampled = decider.server_context(headers) if decider is not None else None
+        if unsampled is not None:
+            if not metrics_on:
+                return _Attached(unsampled)
+            return _server_span(None, metrics_on, unsampled, topic, method, msg_id, cast,
+                                fanout, server, az)
+        if decider is not None and headers:
+            parent = decider.parent_context(headers)
+    if parent is None and headers:
+        parent = propagate.extract(headers)
+    return _server_span(tracer, metrics_on, parent, topic, method, msg_id, cast, fanout,
                         server, az)
 
 
 @contextmanager
-def _server_span(tracer: trace.Tracer | None, metrics_on: bool, headers: Mapping[str, str],
-                 topic: str, method: str, msg_id: str, cast: bool, fanout: bool, server: str,
-                 az: str) -> Iterator[trace.Span | None]:
-    parent = propagate.extract(headers) if headers else None
+def _server_span(tracer: trace.Tracer | None, metrics_on: bool,
+                 parent: otel_context.Context | None, topic: str, method: str, msg_id: str,
+                 cast: bool, fanout: bool, server: str, az: str) -> Iterator[trace.Span | None]:
+    span = None
+    if tracer is not None:
+        # What start_as_current_span did after an attach of the parent, with one attach (parent
+        # and span together) instead of two and without its two generator layers.
+        span = tracer.start_span(f"{topic}/{method} process", context=parent,
+                                 kind=SpanKind.CONSUMER if cast else SpanKind.SERVER,
+                                 record_exception=False, set_status_on_exception=False)
+        parent = trace.set_span_in_context(span, parent)
     token = otel_context.attach(parent) if parent is not None else None
     start = time.perf_counter()
     if metrics_on:
         metrics_instruments.in_flight.add(1, {"rpc.service": topic})
     try:
-        if tracer is None:
+        if span is None:
             yield None
             return
-        kind = SpanKind.CONSUMER if cast else SpanKind.SERVER
-        with tracer.start_as_current_span(f"{topic}/{method} process", kind=kind,
-                                          record_exception=False,
-                                          set_status_on_exception=False) as span:
-            _recording(span, lambda: {
-                **_attributes(topic, method, msg_id, operation="process", server=server, az=az),
-                "grpcrpc.kind": "fanout" if fanout else ("cast" if cast else "call")})
-            try:
-                yield span
-            except BaseException as error:
-                _fail(span, error)
-                raise
+        _recording(span, lambda: {
+            **_attributes(topic, method, msg_id, operation="process", server=server, az=az),
+            "grpcrpc.kind": "fanout" if fanout else ("cast" if cast else "call")})
+        try:
+            yield span
+        except BaseException as error:
+            _fail(span, error)
+            raise
     finally:
         if metrics_on:
             metrics_instruments.in_flight.add(-1, {"rpc.service": topic})
@@ -335,6 +399,8 @@ def _server_span(tracer: trace.Tracer | None, metrics_on: bool, headers: Mapping
                                                        {"rpc.service": topic})
         if token is not None:
             otel_context.detach(token)
+        if span is not None:
+            span.end()
 
 
 def mark_failed(span: trace.Span | None, error_type: str, message: str) -> None:
@@ -349,10 +415,18 @@ def broadcaster_span(headers: MutableMapping[str, str], topic: str, method: str,
                      az: str) -> Iterator[trace.Span | None]:
     """Around one fanout in a broadcaster; rewrites `headers` so that the deliveries it makes
     are children of this span."""
+    tracer = _tracer()
+    if tracer is not None and "traceparent" in headers:
+        # A trace that will not be sampled: the deliveries carry the caller's context as it is.
+        decider = _unsampled.decider(tracer)
+        unsampled = decider.server_context(headers) if decider is not None else None
+        if unsampled is not None:
+            with _Attached(unsampled):
+                yield None
+            return
     parent = propagate.extract(headers) if headers else None
     token = otel_context.attach(parent) if parent is not None else None
     try:
-        tracer = _tracer()
         if tracer is None:
             yield None
             return

@@ -17,6 +17,7 @@ def test_bench_smoke() -> None:
                          capture_output=True, text=True, timeout=330, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "grpcrpc cast x256" in out.stdout and "vs ref" in out.stdout
-    assert "3 broadcasters" in out.stdout and "SDK, 10 % sampled" in out.stdout
+    assert "3 broadcasters" in out.stdout and "grpcrpc, SDK 10 %" in out.stdout
+    assert "tracing cost (vs same build, no SDK)" in out.stdout  # issue 18's target table
     assert "resolver start" in out.stdout  # the discovery bench
     assert "mtls" in out.stdout and "Traceback" not in out.stdout + out.stderr

@@ -124,24 +124,85 @@ class Payload(_message.Message):
 
     JSON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    BLOBS_FIELD_NUMBER: _builtins.int
     json: _builtins.bytes
     @_builtins.property
     def message(self) -> _any_pb2.Any: ...
+    @_builtins.property
+    def blobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Blob]:
+        """Long strings taken out of the JSON body and carried as their UTF-8 bytes, so that neither
+        side JSON-escapes or -scans them: the whole value (a blob without a key, `json` empty), or
+        entries of the JSON object `json` holds (its other entries). A sender puts blobs only in a
+        reply to an envelope with `blob_replies` set (a peer that reads them), and in call args
+        marked as BlobArgs (see there).
+        """
+
     def __init__(
         self,
         *,
         json: _builtins.bytes = ...,
         message: _any_pb2.Any | None = ...,
+        blobs: _abc.Iterable[Global___Blob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "json", b"json", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "json", b"json", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs", "body", b"body", "json", b"json", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["json", "message"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___Payload: _TypeAlias = Payload  # noqa: Y015
+
+@_typing.final
+class BlobArgs(_message.Message):
+    """Call arguments with blobs: a Payload whose `message` is an Any of this type (the JSON of the
+    arguments that are not blobs) and whose `blobs` are the rest, by key. A server that predates
+    blobs does not know the type and refuses the call unrun (INVALID_ENVELOPE naming it), so the
+    client sends it again as plain JSON and sends no more blob args.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_FIELD_NUMBER: _builtins.int
+    json: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["json", b"json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlobArgs: _TypeAlias = BlobArgs  # noqa: Y015
+
+@_typing.final
+class Blob(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    UTF8_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The key of the top-level JSON object entry this string is; unset: the whole value."""
+    utf8: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        key: _builtins.str | None = ...,
+        utf8: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_key", b"_key", "key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_key", b"_key", "key", b"key", "utf8", b"utf8"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__key: _TypeAlias = _typing.Literal["key"]  # noqa: Y015
+    _WhichOneofArgType__key: _TypeAlias = _typing.Literal["_key", b"_key"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__key) -> _WhichOneofReturnType__key | None: ...
+
+Global___Blob: _TypeAlias = Blob  # noqa: Y015
 
 @_typing.final
 class Envelope(_message.Message):
@@ -177,6 +238,7 @@ class Envelope(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    BLOB_REPLIES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique per sender; replies carry it back, and a stream multiplexes by it."""
     method: _builtins.str
@@ -197,6 +259,10 @@ class Envelope(_message.Message):
     cancel: _builtins.bool
     """Control: the caller gave up on message `id` (cancelled or timed out); the server cancels
     its dispatch if it can. Such an envelope carries no target or method and gets no reply.
+    """
+    blob_replies: _builtins.bool
+    """The caller reads `Payload.blobs`: the reply may carry the result's long strings apart from
+    its JSON. Peers that predate blobs never set it, so they get the plain JSON they read.
     """
     @_builtins.property
     def target(self) -> Global___Target: ...
@@ -219,10 +285,11 @@ class Envelope(_message.Message):
         headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         timeout_ms: _builtins.int = ...,
         cancel: _builtins.bool = ...,
+        blob_replies: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cancel", b"cancel", "cast", b"cast", "context", b"context", "fanout", b"fanout", "headers", b"headers", "id", b"id", "method", b"method", "target", b"target", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "blob_replies", b"blob_replies", "cancel", b"cancel", "cast", b"cast", "context", b"context", "fanout", b"fanout", "headers", b"headers", "id", b"id", "method", b"method", "target", b"target", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
