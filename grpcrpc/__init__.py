@@ -29,9 +29,9 @@ from grpcrpc.exceptions import (
     VersionCapError,
 )
 from grpcrpc.fanout import Failed, FanoutReport
+from grpcrpc.limits import Limits
 from grpcrpc.serializer import NoOpSerializer, Serializer
 from grpcrpc.server import RPCServer, ServerThread
-from grpcrpc.servicer import Limits
 from grpcrpc.target import Target
 from grpcrpc.transport import AsyncTransport, SyncTransport, TransportOptions
 

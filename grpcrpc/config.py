@@ -338,7 +338,7 @@ class Config:
 
     def server_args(self) -> dict[str, Any]:
         """Keyword arguments for `RPCServer` (and, less `limits`, the broadcaster)."""
-        from grpcrpc.servicer import Limits
+        from grpcrpc.limits import Limits
 
         v = self._values
         return {

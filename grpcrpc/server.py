@@ -35,8 +35,9 @@ from grpcrpc.discovery.base import DEFAULT_AZ, DEFAULT_EXCHANGE, Endpoint, Regis
 from grpcrpc.dispatcher import Dispatcher
 from grpcrpc.exceptions import ServerError
 from grpcrpc.host import ServiceHost, hostport
+from grpcrpc.limits import Limits
 from grpcrpc.serializer import NoOpSerializer, Serializer
-from grpcrpc.servicer import EnvelopeServicer, Identity, Limits
+from grpcrpc.servicer import EnvelopeServicer, Identity
 from grpcrpc.target import Target, parse_version
 
 __all__ = ["RPCServer", "ServerThread"]

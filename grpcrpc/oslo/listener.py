@@ -35,11 +35,11 @@ from grpcrpc import envelope as ev
 from grpcrpc.deadline import Incoming, current_message, set_current_message
 from grpcrpc.discovery.base import Registry
 from grpcrpc.exceptions import Overloaded
+from grpcrpc.limits import Limits
 from grpcrpc.oslo._bridge import Bridge, Mailbox, Pending
 from grpcrpc.oslo._wire import CatchAllDispatcher, PrimitiveSerializer, oslo_message, remote_exception
 from grpcrpc.oslo.options import Settings
 from grpcrpc.server import RPCServer
-from grpcrpc.servicer import Limits
 from grpcrpc.target import Target
 
 __all__ = ["GrpcIncomingMessage", "GrpcListener", "start_server"]

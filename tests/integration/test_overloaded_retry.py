@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from grpcrpc import Overloaded, Target
-from grpcrpc.servicer import Limits
+from grpcrpc.limits import Limits
 from grpcrpc.testing import Cluster
 from tests.conftest import wait_until
 

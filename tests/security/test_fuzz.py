@@ -15,8 +15,9 @@ from grpcrpc import envelope as ev
 from grpcrpc.discovery.base import Endpoint, InvalidEndpoint
 from grpcrpc.dispatcher import Dispatcher
 from grpcrpc.exceptions import GrpcrpcError
+from grpcrpc.limits import Limits
 from grpcrpc.serializer import NoOpSerializer
-from grpcrpc.servicer import EnvelopeServicer, Identity, Limits
+from grpcrpc.servicer import EnvelopeServicer, Identity
 
 settings.register_profile("ci", max_examples=300, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
