@@ -18,6 +18,8 @@ when it was sent.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import time
@@ -25,6 +27,7 @@ import uuid
 
 import pytest
 
+from grpcrpc import cli
 from grpcrpc.testing.etcd import EtcdServer
 from tests.oslo.conftest import bridge_url, grpc_url
 from tests.oslo.fleet import Fleet, analyse
@@ -33,6 +36,16 @@ from tests.oslo.fleet import Fleet, analyse
 ORDER = ["conductor", "scheduler-0", "scheduler-1", "compute-0", "compute-1", "compute-2",
          "compute-3"]
 SOAK = 4.0  # seconds of traffic at each steady state
+
+
+def doctor(etcd: EtcdServer, rabbit_url: str) -> str:
+    """`grpcrpc doctor --rabbit-url ...`: its migration lines."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cli.main(["doctor", "--etcd", etcd.endpoint, "--rabbit-url", rabbit_url])
+    lines = [line for line in out.getvalue().splitlines() if "migration:" in line]
+    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 def _soak(seconds: float) -> None:
@@ -70,14 +83,21 @@ def test_rolling_migration_under_load(etcd: EtcdServer, rabbit: object, tmp_path
         fleet.start("rabbit", [*ORDER[1:], "conductor"])
         phase("0 all rabbit")
         _soak(SOAK)
+        assert "step 1 (every process bridged) NOT complete" in doctor(etcd, rabbit_url)
         phase("1 to bridge")
         move_all("bridge")
         phase("1 done: all bridge")
         _soak(SOAK)
+        seen = doctor(etcd, rabbit_url)
+        assert "step 1 (every process bridged) complete: 0 rabbit-only" in seen
+        assert "step 2 (rabbit_transport_url removed everywhere) NOT complete" in seen
         phase("2 to grpc")
         move_all("grpc")
         phase("2 done: all grpc")
         _soak(SOAK)
+        seen = doctor(etcd, rabbit_url)
+        assert "step 2 (rabbit_transport_url removed everywhere) complete" in seen
+        assert "step 3 (retire the vhost) safe" in seen
         phase("3 vhost retired")
         rabbit.delete_vhost(vhost)  # type: ignore[attr-defined]
         _soak(SOAK)
@@ -88,6 +108,7 @@ def test_rolling_migration_under_load(etcd: EtcdServer, rabbit: object, tmp_path
         move_all("rabbit")
         phase("back on rabbit")
         _soak(SOAK)
+        assert "step 1 (every process bridged) NOT complete" in doctor(etcd, rabbit_url)
         phase("")  # closes the last phase; what is sent from here on is not counted
         _soak(3.0)  # the last counted messages reach their servers
         fleet.stop_all()
