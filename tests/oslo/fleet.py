@@ -155,8 +155,8 @@ class Stats:
     fanout_duplicated: int = 0
     # Calls and casts that oslo's rabbit driver lost by itself: sent over RabbitMQ while a
     # rabbit-only server of the target was stopping (it stops reading but keeps its consumers
-    # until it closes, and what RabbitMQ handed it then never runs). Measured with rabbit alone
-    # too: tests/oslo/test_migration.py::test_rabbit_alone_loses_at_restart.
+    # until it closes, and what RabbitMQ handed it then never runs). The same happens with no
+    # grpc:// process at all (a rabbit-only fleet restarting its conductor: docs/oslo.md).
     lost_at_rabbit_restart: int = 0
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: list[str] = field(default_factory=list)
@@ -189,10 +189,11 @@ def analyse(logdir: str, phases: list[tuple[str, float, float]]) -> dict[str, St
                 parts = line.split()
                 if len(parts) == 2:
                     received[name][parts[1]] += 1
-    lives: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    # server name -> [(ready, stopping, closed, kind)] for each of its processes
+    lives: dict[str, list[tuple[float, float, float, str]]] = defaultdict(list)
     for path in glob.glob(os.path.join(logdir, "life-*.log")):
         name = os.path.basename(path)[5:].rsplit("-", 1)[0]
-        ready, stopping, kind = 0.0, float("inf"), ""
+        ready, stopping, closed, kind = 0.0, float("inf"), float("inf"), ""
         with open(path) as f:
             for line in f:
                 what, when, *rest = line.split()
@@ -200,13 +201,16 @@ def analyse(logdir: str, phases: list[tuple[str, float, float]]) -> dict[str, St
                     ready, kind = float(when), rest[0]
                 elif what == "STOPPING":
                     stopping = float(when)
-        lives[name].append((ready, stopping, kind))
+                elif what == "CLEANED":
+                    closed = float(when)
+        lives[name].append((ready, stopping, closed, kind))
 
     def rabbit_server_stopping(servers: list[str], start: float, end: float) -> bool:
-        """Whether a rabbit-only server of these was stopping while the message was out:
-        oslo's rabbit driver alone loses such messages (see `Stats.lost_at_rabbit_restart`)."""
-        return any(kind == "rabbit" and start - 1.0 <= stopping <= end + 1.0
-                   for server in servers for _, stopping, kind in lives[server])
+        """Whether a rabbit-only server of these was stopping (from oslo's stop until its
+        connection closed) while the message was out: oslo's rabbit driver alone loses such
+        messages (see `Stats.lost_at_rabbit_restart`)."""
+        return any(kind == "rabbit" and stopping - 1.0 <= end and start <= closed + 1.0
+                   for server in servers for _, stopping, closed, kind in lives[server])
     servers_of: dict[str, list[str]] = defaultdict(list)
     for name, role in ROLES.items():
         if role in TOPIC_OF:
@@ -249,7 +253,7 @@ def analyse(logdir: str, phases: list[tuple[str, float, float]]) -> dict[str, St
                         s.errors.append(f"cast {msg_id}: {rec.get('error')}")
                     got = received[rec["to"]][msg_id]
                     if got == 0 and rec["ok"] and rec["path"] == "rabbit" and \
-                            rabbit_server_stopping([rec["to"]], rec["t0"], rec["t1"] + 30):
+                            rabbit_server_stopping([rec["to"]], rec["t0"], rec["t1"]):
                         s.lost_at_rabbit_restart += 1
                         s.baseline.append(f"cast {msg_id} to {rec['to']}: not delivered")
                     elif got == 0 and rec["ok"]:
@@ -268,7 +272,7 @@ def analyse(logdir: str, phases: list[tuple[str, float, float]]) -> dict[str, St
                     for server in servers_of[FANOUT_TOPIC[rec["method"]]]:
                         got = received[server][msg_id]
                         owed = any(ready <= rec["t0"] - MARGIN and stopping >= rec["t1"] + MARGIN
-                                   for ready, stopping, _ in lives[server])
+                                   for ready, stopping, _, _ in lives[server])
                         s.fanout_deliveries += got
                         if got > 1:
                             s.fanout_duplicated += 1
