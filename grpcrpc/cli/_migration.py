@@ -166,10 +166,12 @@ def _rabbitmqctl_checks(url: str, result: Migration, report: _Report) -> None:
 
 def _verdict(result: Migration, report: _Report) -> None:
     if not result.bridged + result.grpc_only:
-        report.ok("migration: no server is registered in etcd: step 1 has not started")
-    report.ok(f"migration: step 1 (every process bridged) "
-              f"{'complete' if result.step1_done else 'NOT complete'}: "
-              f"{result.rabbit_only} rabbit-only server(s) left")
+        report.ok("migration: step 1 (every process bridged) NOT complete: no server is "
+                  "registered in etcd yet")
+    else:
+        report.ok(f"migration: step 1 (every process bridged) "
+                  f"{'complete' if result.step1_done else 'NOT complete'}: "
+                  f"{result.rabbit_only} rabbit-only server(s) left")
     report.ok(f"migration: step 2 (rabbit_transport_url removed everywhere) "
               f"{'complete' if result.step2_done else 'NOT complete'}: "
               f"{result.bridged} bridged server(s), "

@@ -5,10 +5,12 @@ Everything the node owns is in a temp dir (Mnesia, logs, config, plugins file, E
 of its own: a system broker on the same machine, or another test's, is never touched. The node
 runs in the foreground as this process's child, so it is stopped by its PID, never by name.
 
->>> with RabbitServer() as rabbit:                              # doctest: +SKIP
-...     rabbit.url                                               # doctest: +SKIP
-'rabbit://guest:guest@127.0.0.1:41234/'
-...     rabbit.rabbitmqctl("list_queues", "name", "messages")  # doctest: +SKIP
+>>> rabbit = RabbitServer().start()                             # doctest: +SKIP
+>>> rabbit.add_vhost("nova")                                     # doctest: +SKIP
+'rabbit://guest:guest@127.0.0.1:41234/nova'
+>>> rabbit.queues("nova")                                        # doctest: +SKIP
+{'compute': (0, 4), 'compute.host1': (0, 1)}
+>>> rabbit.close()                                               # doctest: +SKIP
 """
 
 from __future__ import annotations
