@@ -38,7 +38,7 @@ from oslo_serialization import jsonutils
 
 from grpcrpc import exceptions as gx
 from grpcrpc.deadline import effective_timeout, remaining_time
-from grpcrpc.discovery.base import RoutingTable
+from grpcrpc.discovery.base import EMPTY_TABLE, RoutingTable
 from grpcrpc.discovery.etcd import DiscoveryUnavailable, EtcdRegistry
 from grpcrpc.fanout import FanoutReport
 from grpcrpc.oslo import options
@@ -141,7 +141,13 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
                                wait_for_server=False)
 
     def _table(self) -> RoutingTable:
-        return self._process().routing_table(self._presence)
+        try:
+            return self._process().routing_table(self._presence)
+        except DiscoveryUnavailable as err:
+            # etcd unreachable before the first listing: nothing is known to be on gRPC, and
+            # RabbitMQ still reaches whoever listens there (a later send tries etcd again).
+            log.warning("bridge mode: etcd unreachable (%s): sending over RabbitMQ", err)
+            return EMPTY_TABLE
 
     def _send_grpc(self, target: Any, ctxt: Any, message: dict[str, Any], call: bool,
                    budget: float | None, retry: int | None, transport_options: Any,
