@@ -138,8 +138,9 @@ class Sender:
                               serializer=PrimitiveSerializer(), failure_mapper=remote_failure)
 
     async def resolver(self) -> EtcdResolver:
-        """The resolver this sender routes with (started on first use)."""
-        await self._ensure()
+        """The resolver this sender routes with, once it has listed etcd (started on first
+        use; `MessagingTimeout` if etcd has not been listed within its timeout)."""
+        await self._ensure("bridge routing", self._settings.etcd.timeout)
         assert self._resolver is not None
         return self._resolver
 
@@ -228,8 +229,9 @@ class SyncSender:
             return self._client
 
     def resolver(self) -> EtcdResolver:
-        """The resolver this sender routes with (started on first use)."""
-        self._ensure()
+        """The resolver this sender routes with, once it has listed etcd (started on first
+        use; `MessagingTimeout` if etcd has not been listed within its timeout)."""
+        self._ensure("bridge routing", self._settings.etcd.timeout)
         assert self._resolver is not None
         return self._resolver
 

@@ -143,7 +143,7 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
     def _table(self) -> RoutingTable:
         try:
             return self._process().routing_table(self._presence)
-        except DiscoveryUnavailable as err:
+        except (DiscoveryUnavailable, gx.MessagingTimeout) as err:
             # etcd unreachable before the first listing: nothing is known to be on gRPC, and
             # RabbitMQ still reaches whoever listens there (a later send tries etcd again).
             log.warning("bridge mode: etcd unreachable (%s): sending over RabbitMQ", err)
