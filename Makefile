@@ -1,11 +1,12 @@
 # The two commands a fresh machine needs: `make demo` and `make test`. Everything they need is
-# installed here: Python packages into .venv, and etcd from Debian's etcd-server when missing.
+# installed here: Python packages into .venv, and etcd (etcd-server) and RabbitMQ (rabbitmq-server)
+# from Debian when missing.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-pythons demo bench scale gen lint fuzz etcd venv clean
+.PHONY: test test-pythons demo bench scale gen lint fuzz etcd rabbitmq venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +24,15 @@ etcd:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server etcd-client >/dev/null; }
 
+# RabbitMQ for the oslo bridge-mode tests (tests/oslo/test_migration.py): Debian's package. The
+# tests start a private node of their own (grpcrpc.testing.rabbit); no system broker is started.
+rabbitmq:
+	@command -v rabbitmq-server >/dev/null || test -x /usr/sbin/rabbitmq-server || { \
+	  echo "installing rabbitmq-server from Debian"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq rabbitmq-server >/dev/null; }
+
 gen: $(STAMP)
 	scripts/gen_protos.sh
 
@@ -30,7 +40,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check grpcrpc tests bench
 	$(VENV)/bin/mypy
 
-test: $(STAMP) etcd lint
+test: $(STAMP) etcd rabbitmq lint
 	$(VENV)/bin/pytest -q
 
 # The suite under the other Python versions the package supports (pyproject's classifiers), each

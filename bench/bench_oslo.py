@@ -26,8 +26,6 @@ import importlib.metadata
 import logging
 import os
 import pathlib
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +40,6 @@ from bench.common import CLIENT_CORE, SERVER_CORE, Series, busy_fraction, percen
 from bench.results import record
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
 THREADS = 32
 FANOUT_SERVERS = 5
 WIDE_FANOUTS = (10, 100)  # servers a fanout's delivery time is measured for
@@ -183,14 +180,6 @@ def servers(env: dict[str, str], url: str, topic: str, names: list[str],
 
 # -- RabbitMQ, from Debian --------------------------------------------------------------------
 
-def _rabbit_ping() -> bool:
-    if shutil.which("rabbitmq-diagnostics") is None:
-        return False
-    done = subprocess.run(["rabbitmq-diagnostics", "-q", "ping"], capture_output=True,
-                          timeout=60, check=False)
-    return done.returncode == 0
-
-
 def _install_rabbitmq() -> None:
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     print("installing rabbitmq-server from Debian ...", flush=True)
@@ -201,65 +190,26 @@ def _install_rabbitmq() -> None:
 
 
 @contextlib.contextmanager
-def rabbitmq(mode: str) -> Iterator[bool]:
-    """Yields whether a broker is up; stops it afterwards if this run started it."""
+def rabbitmq(mode: str) -> Iterator[str | None]:
+    """Yields the URL of a broker of this run's own (None: grpc:// only), stopped afterwards.
+
+    A private node (`grpcrpc.testing.rabbit`: its own name, ports and directories), so a system
+    broker, or another run's, is never touched.
+    """
     if mode == "skip":
-        yield False
+        yield None
         return
-    if shutil.which("rabbitmq-server") is None:
+    from grpcrpc.testing.rabbit import RabbitServer, rabbitmq_installed
+
+    if not rabbitmq_installed():
         if mode != "install":
             print("rabbitmq-server is not installed: running grpc:// only", flush=True)
-            yield False
+            yield None
             return
         _install_rabbitmq()
-    # Before any rabbitmq CLI call: those start epmd (Erlang's port mapper) themselves.
-    had_epmd = _epmd_running()
-    if _rabbit_ping():  # a broker someone else runs: use it, leave it running
-        yield True
-        return
     # On the server core, like the RPC servers: the broker is the incumbent's server side.
-    taskset = ["taskset", "-c", str(SERVER_CORE)] if shutil.which("taskset") else []
-    # Erlang's schedulers busy-wait by default, which on a shared core would take CPU from the
-    # RPC servers beside it: the usual tuning for shared hosts turns that off.
-    env = dict(os.environ, RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+sbwt none +sbwtdcpu none "
-                                                                "+sbwtdio none")
-    subprocess.run([*taskset, "rabbitmq-server", "-detached"], check=True, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        # The node answers ping a moment before its AMQP listener accepts connections.
-        while not (_rabbit_ping() and _port_open(5672)):
-            if time.monotonic() > deadline:
-                raise RuntimeError("RabbitMQ did not come up (ping and port 5672) in 60 s")
-            time.sleep(0.5)  # polling with a deadline
-        yield True
-    finally:
-        # `shutdown` returns once the Erlang VM has exited (`stop` returns before).
-        subprocess.run(["rabbitmqctl", "shutdown"], capture_output=True, timeout=120, check=False)
-        if not had_epmd:  # the Erlang port mapper the broker started
-            _stop_epmd()
-
-
-def _epmd_running() -> bool:
-    return subprocess.run(["pgrep", "-x", "epmd"], capture_output=True,
-                          check=False).returncode == 0
-
-
-def _stop_epmd(timeout: float = 30.0) -> None:
-    """epmd refuses to stop while a node is registered: wait for the broker's node to go."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        names = subprocess.run(["epmd", "-names"], capture_output=True, text=True, timeout=10,
-                               check=False)
-        if names.returncode != 0 or "name " not in names.stdout:
-            break
-        time.sleep(0.2)  # polling with a deadline
-    subprocess.run(["epmd", "-kill"], capture_output=True, timeout=10, check=False)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+    with RabbitServer(cpus=str(SERVER_CORE)) as server:
+        yield server.url
 
 
 # -- the workload (the same oslo API calls for both transports) ---------------------------
@@ -412,9 +362,9 @@ def main(argv: list[str] | None = None) -> None:
     from grpcrpc.testing.etcd import EtcdServer
 
     s: dict[str, Series] = {}
-    with rabbitmq(mode) as have_rabbit, EtcdServer() as etcd:
+    with rabbitmq(mode) as rabbit_url, EtcdServer() as etcd:
         grpc_url = f"grpc://{etcd.endpoint}/?bind_host=127.0.0.1"
-        systems = ([("rabbit", RABBIT_URL)] if have_rabbit else []) + [("grpc", grpc_url)]
+        systems = ([("rabbit", rabbit_url)] if rabbit_url else []) + [("grpc", grpc_url)]
         for rep in range(args.reps):
             print(f"repetition {rep + 1}/{args.reps} ...", flush=True)
             for system, url in systems:  # interleaved, so drift hits both alike

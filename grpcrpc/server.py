@@ -67,6 +67,8 @@ class RPCServer:
         auth: who may call (bearer tokens, client certificates) and what (an ACL). None: any
             caller that reaches the port (a warning says so at start).
         grace: seconds `stop()` lets in-flight work finish.
+        rabbit: announce that this server also consumes its RabbitMQ queues (the oslo
+            driver's bridge mode), so that senders do not reach it twice.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class RPCServer:
         weight: int = 100,
         send_tracebacks: bool = True,
         auth: ServerAuth | None = None,
+        rabbit: bool = False,
     ) -> None:
         if not target.topic:
             raise ValueError("a server target needs a topic")
@@ -107,6 +110,7 @@ class RPCServer:
         self.limits = limits or Limits()
         self.grace = grace
         self.weight = weight
+        self.rabbit = rabbit
         self._instance = instance
         self._servicer = EnvelopeServicer(
             Identity(self.target.exchange or "", self.target.topic or "",
@@ -160,6 +164,7 @@ class RPCServer:
                 started_at=time.time(),
                 tls=self.host.tls is not None,
                 weight=self.weight,
+                rabbit=self.rabbit,
             )
 
         self.endpoint = await self.host.start(describe)

@@ -3,6 +3,7 @@
 Checks: each etcd endpoint answers (and how fast); this host's clock against etcd's (the Date of
 its /health answer); every registered key is valid, under a live lease, and matches its value;
 every endpoint answers gRPC health as SERVING. Exit status 1 when anything is wrong.
+With `--rabbit-url`, also which step of a move off RabbitMQ is complete (`grpcrpc.cli._migration`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from grpcrpc.cli import _migration
 from grpcrpc.cli._common import add_config_args, load_config
 
 SKEW_LIMIT = 2.0
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=3.0, help="per check, in seconds")
     parser.add_argument("--all-azs", action="store_true", help="every AZ, not only --az")
     add_config_args(parser, output=False)
+    _migration.add_arguments(parser)
 
 
 class Report:
@@ -117,5 +120,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             report.bad(f"{name}: health is {status}: registered but not serving (stale, "
                        f"stopping, or its registration is lapsing)")
+    if getattr(args, "rabbit_url", None):
+        _migration.check(args, regs, report)
     print(f"\n{report.problems} problem(s) found" if report.problems else "\nall good")
     return 1 if report.problems else 0

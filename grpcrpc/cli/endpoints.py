@@ -1,6 +1,7 @@
 """`grpcrpc endpoints [--az A] [--topic T] [--watch]`: what is registered, from etcd.
 
-Columns: AZ, topic, server, address, API version, lease TTL left, age. `--watch` then prints each
+Columns: AZ, topic, server, address, API version, whether the server also consumes RabbitMQ
+(the oslo driver's bridge mode), lease TTL left, age. `--watch` then prints each
 change (+ added, - removed) as the resolver sees it, until Ctrl-C.
 """
 
@@ -15,7 +16,7 @@ from grpcrpc.cli import CommandError
 from grpcrpc.cli._common import add_config_args, emit, load_config, resolver
 from grpcrpc.discovery.base import RoutingTable
 
-COLUMNS = ["az", "exchange", "topic", "server", "address", "version", "ttl", "age", "problem"]
+COLUMNS = ["az", "exchange", "topic", "server", "address", "version", "rabbit", "ttl", "age", "problem"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +50,7 @@ def rows(args: argparse.Namespace, cfg: Any) -> list[dict[str, Any]]:
         else:
             row.update(az=e.az, exchange=e.exchange, topic=e.topic, server=e.server,
                        address=e.address, version=e.version or "-",
+                       rabbit="yes" if e.rabbit else "no",
                        age=_age(now - e.started_at), pid=e.pid, hostname=e.hostname, tls=e.tls)
         out.append(row)
     return out

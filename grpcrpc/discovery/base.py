@@ -107,6 +107,9 @@ class Endpoint:
     started_at: float = field(default_factory=time.time)
     tls: bool = False
     weight: int = 100
+    # The server also consumes its RabbitMQ queues (the oslo driver's bridge mode): senders
+    # use this to reach every server of a mixed fleet exactly once (docs/oslo.md).
+    rabbit: bool = False
 
     def __post_init__(self) -> None:
         split_address(self.address)
@@ -145,6 +148,7 @@ class Endpoint:
                 raise InvalidEndpoint(f"endpoint value has no {key!r}")
         types: dict[str, tuple[type, ...]] = {
             "pid": (int,), "weight": (int,), "started_at": (int, float), "tls": (bool,),
+            "rabbit": (bool,),
             "version": (str,), "hostname": (str,), "address": (str,),
         }
         for key, allowed in types.items():

@@ -34,6 +34,7 @@ from grpcrpc.discovery.base import RoutingTable
 from grpcrpc.discovery.etcd import EtcdResolver
 from grpcrpc.exceptions import GrpcrpcError, MessagingTimeout, NoEndpoints, Overloaded
 from grpcrpc.fanout import FanoutReport
+from grpcrpc.oslo._routing import BridgeAsyncTransport, BridgeSyncTransport
 from grpcrpc.oslo._wire import PrimitiveSerializer, remote_failure
 from grpcrpc.oslo.options import Settings
 from grpcrpc.target import Target
@@ -129,10 +130,19 @@ class Sender:
 
         self._unsubscribe = resolver.subscribe(on_table)
         self._resolver = resolver
-        transport = AsyncTransport(resolver, self._settings.transport)
+        # Bridge mode: client-side fanouts skip the servers that hear them on RabbitMQ.
+        transport_cls = BridgeAsyncTransport if self._settings.rabbit_url else AsyncTransport
+        transport = transport_cls(resolver, self._settings.transport)
         # The placeholder topic is replaced by every send's prepare().
         return AsyncRPCClient(transport, Target(topic="oslo"), timeout=None,
                               serializer=PrimitiveSerializer(), failure_mapper=remote_failure)
+
+    async def resolver(self) -> EtcdResolver:
+        """The resolver this sender routes with, once it has listed etcd (started on first
+        use; `MessagingTimeout` if etcd has not been listed within its timeout)."""
+        await self._ensure("bridge routing", self._settings.etcd.timeout)
+        assert self._resolver is not None
+        return self._resolver
 
     def _table_changed(self) -> None:
         # Wake every send waiting for a server, and let later ones wait on a fresh event.
@@ -209,12 +219,21 @@ class SyncSender:
                 resolver.start()  # at once: the listing goes on in the resolver's thread
                 self._unsubscribe = resolver.subscribe(self._table_changed)
                 self._resolver = resolver
-                transport = SyncTransport(resolver, self._settings.transport)
+                transport_cls = (BridgeSyncTransport if self._settings.rabbit_url
+                                 else SyncTransport)
+                transport = transport_cls(resolver, self._settings.transport)
                 # The placeholder topic is replaced by every send's prepare().
                 self._client = RPCClient(transport, Target(topic="oslo"), timeout=None,
                                          serializer=PrimitiveSerializer(),
                                          failure_mapper=remote_failure)
             return self._client
+
+    def resolver(self) -> EtcdResolver:
+        """The resolver this sender routes with, once it has listed etcd (started on first
+        use; `MessagingTimeout` if etcd has not been listed within its timeout)."""
+        self._ensure("bridge routing", self._settings.etcd.timeout)
+        assert self._resolver is not None
+        return self._resolver
 
     def _table_changed(self, table: RoutingTable) -> None:  # resolver thread
         # Later sends wait on a fresh event; the ones waiting now wake.

@@ -38,11 +38,14 @@ from oslo_serialization import jsonutils
 
 from grpcrpc import exceptions as gx
 from grpcrpc.deadline import effective_timeout, remaining_time
+from grpcrpc.discovery.base import EMPTY_TABLE, RoutingTable
 from grpcrpc.discovery.etcd import DiscoveryUnavailable, EtcdRegistry
 from grpcrpc.fanout import FanoutReport
 from grpcrpc.oslo import options
 from grpcrpc.oslo._bridge import Bridge, Mailbox, ThreadWorld, current_world
 from grpcrpc.oslo._client import Sender, SyncSender
+from grpcrpc.oslo._rabbit import BothListener, RabbitSide
+from grpcrpc.oslo._routing import BridgeSender, Presence, Router
 from grpcrpc.oslo._wire import RemoteFailure, describe, target_fields
 from grpcrpc.oslo.listener import GrpcIncomingMessage, GrpcListener, start_server
 
@@ -70,6 +73,7 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
 
     def __init__(self, conf: Any, url: Any, default_exchange: str | None = None,
                  allowed_remote_exmods: list[str] | None = None) -> None:
+        raw_conf = conf
         conf = options.register(conf, url)
         super().__init__(conf, url, default_exchange, allowed_remote_exmods)
         try:
@@ -79,6 +83,19 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
         self._proc: _Process | None = None
         self._lock = threading.Lock()  # never held while waiting
         self._closed = False
+        # Bridge mode (docs/oslo.md, "Moving a running cloud"): oslo's rabbit driver beside.
+        self._rabbit: RabbitSide | None = None
+        self._presence = Presence()
+        self._bridge_sender: BridgeSender | None = None
+        if self._settings.rabbit_url:
+            self._rabbit = RabbitSide(raw_conf, self._settings.rabbit_url,
+                                      self._allowed_remote_exmods)
+            self._bridge_sender = BridgeSender(
+                router=Router(own_az=self._settings.az, fallback_azs=self._settings.fallback_azs,
+                              restart_wait=self._settings.restart_wait),
+                rabbit=self._rabbit, table=self._table, presence=self._presence,
+                grpc_send=self._send_grpc_now, default_exchange=default_exchange or "openstack",
+                cast_timeout=self._settings.cast_timeout)
 
     def _process(self) -> _Process:
         """This process's loop, client and servers, made on first use. A child forked from a
@@ -109,11 +126,36 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
         endpoint serves a message waits at most what that message's caller has left (and
         fails at once with `MessagingTimeout`, unsent, when nothing is left).
         """
-        proc = self._process()
+        if self._bridge_sender is not None:
+            return self._bridge_sender.send(target, ctxt, message, wait_for_reply, timeout,
+                                            call_monitor_timeout, retry, transport_options)
         call = bool(wait_for_reply)
         budget = timeout if call else self._settings.cast_timeout
+        return self._send_grpc(target, ctxt, message, call, budget, retry, transport_options)
+
+    def _send_grpc_now(self, target: Any, ctxt: Any, message: dict[str, Any], call: bool,
+                       budget: float | None, retry: int | None, transport_options: Any) -> Any:
+        """Bridge mode's gRPC path: `NoEndpoints` at once when no server is registered (the
+        router then decides again), instead of waiting for one."""
+        return self._send_grpc(target, ctxt, message, call, budget, retry, transport_options,
+                               wait_for_server=False)
+
+    def _table(self) -> RoutingTable:
+        try:
+            return self._process().routing_table(self._presence)
+        except (DiscoveryUnavailable, gx.MessagingTimeout) as err:
+            # etcd unreachable before the first listing: nothing is known to be on gRPC, and
+            # RabbitMQ still reaches whoever listens there (a later send tries etcd again).
+            log.warning("bridge mode: etcd unreachable (%s): sending over RabbitMQ", err)
+            return EMPTY_TABLE
+
+    def _send_grpc(self, target: Any, ctxt: Any, message: dict[str, Any], call: bool,
+                   budget: float | None, retry: int | None, transport_options: Any,
+                   wait_for_server: bool = True) -> Any:
+        proc = self._process()
         at_least_once = bool(getattr(transport_options, "at_least_once", False))
         fields = target_fields(target, message, self._default_exchange)
+        fail_at_once = at_least_once or not wait_for_server
         args = message.get("args") or {}
         try:
             # Read here, in the caller's (green) thread: under eventlet the send runs on the
@@ -123,14 +165,18 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
             if proc.sync_sender is not None:  # plain threads: send from this one
                 result = proc.sync_sender.send(fields, ctxt, message["method"], args, call=call,
                                                timeout=budget, retry=retry,
-                                               at_least_once=at_least_once)
+                                               at_least_once=fail_at_once)
             else:
                 result = proc.bridge.run(proc.sender.send(
                     fields, ctxt, message["method"], args, call=call, timeout=budget,
-                    retry=retry, at_least_once=at_least_once))
+                    retry=retry, at_least_once=fail_at_once))
         except RemoteFailure as failure:
             raise rpc_common.deserialize_remote_exception(
                 jsonutils.dumps(failure.data), self._allowed_remote_exmods) from None
+        except gx.NoEndpoints as err:
+            if not wait_for_server:
+                raise
+            raise self._oslo_error(err, target, message, call, budget, at_least_once) from None
         except gx.GrpcrpcError as err:
             raise self._oslo_error(err, target, message, call, budget, at_least_once) from None
         if call:
@@ -175,26 +221,38 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
         """Serve `target` (topic and server): bind, announce in etcd, and return the listener
         oslo's executor polls."""
         proc = self._process()
+        # Bridge mode: consume RabbitMQ before announcing the gRPC endpoint (see BothListener).
+        rabbit = (self._rabbit.listen(target, batch_size, batch_timeout)
+                  if self._rabbit is not None else None)
         mailbox: Mailbox[GrpcIncomingMessage] = Mailbox(proc.world)
         coro = start_server(self._settings, target, self._default_exchange or "openstack",
                             proc.registry(), mailbox)
         try:
             server = proc.bridge.run(coro)
         except gx.GrpcrpcError as err:
+            if rabbit is not None:
+                rabbit.cleanup()
             raise GrpcDriverError(f"cannot serve {describe(target)}: {err}") from None
         listener = GrpcListener(proc.bridge, server, mailbox, self._settings.stop_grace)
         with self._lock:
             proc.listeners.append(listener)
-        return base.PollStyleListenerAdapter(listener, batch_size, batch_timeout)
+        adapter = base.PollStyleListenerAdapter(listener, batch_size, batch_timeout)
+        return adapter if rabbit is None else BothListener(rabbit, adapter)
 
     # -- notifications: not carried -------------------------------------------------------
 
     def send_notification(self, target: Any, ctxt: Any, message: Any, version: Any,
                           retry: int | None = None) -> None:
+        if self._rabbit is not None:  # bridge mode: where they went before
+            self._rabbit.send_notification(target, ctxt, message, version, retry=retry)
+            return
         raise NotificationsNotSupported()
 
     def listen_for_notifications(self, targets_and_priorities: Any, pool: Any, batch_size: int,
                                  batch_timeout: float | None) -> Any:
+        if self._rabbit is not None:
+            return self._rabbit.listen_for_notifications(targets_and_priorities, pool,
+                                                         batch_size, batch_timeout)
         raise NotificationsNotSupported()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -209,6 +267,8 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
             proc, self._proc = self._proc, None
         if proc is not None and proc.pid == os.getpid():
             proc.close()
+        if self._rabbit is not None:
+            self._rabbit.cleanup()
 
 
 class _Process:
@@ -227,6 +287,22 @@ class _Process:
         self.listeners: list[GrpcListener] = []
         self._registry: EtcdRegistry | None = None
         self._lock = threading.Lock()
+        self._watched: Presence | None = None
+
+    def routing_table(self, presence: Presence) -> RoutingTable:
+        """The client's routing table (connecting to etcd on first use), with `presence`
+        fed every table from then on (bridge mode)."""
+        if self.sync_sender is not None:
+            resolver = self.sync_sender.resolver()
+        else:
+            resolver = self.bridge.run(self.sender.resolver())
+        if self._watched is None:
+            with self._lock:
+                if self._watched is None:
+                    resolver.subscribe(presence.update)
+                    presence.update(resolver.table)
+                    self._watched = presence
+        return resolver.table
 
     def registry(self) -> EtcdRegistry:
         with self._lock:

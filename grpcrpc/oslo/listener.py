@@ -153,6 +153,7 @@ async def start_server(settings: Settings, target: Any, exchange: str,
         auth=settings.server_auth,
         serializer=PrimitiveSerializer(),
         grace=settings.stop_grace,
+        rabbit=settings.rabbit_url is not None,  # bridge mode: it consumes RabbitMQ too
     )
     await server.start()
     return server

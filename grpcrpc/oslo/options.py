@@ -130,6 +130,16 @@ GRPC_OPTS: list[cfg.Opt] = [
     cfg.StrOpt("etcd_key_file", help="Private key (PEM) of etcd_cert_file."),
     cfg.FloatOpt("etcd_timeout", default=5.0, min=0.1,
                  help="Seconds each etcd request may take."),
+    cfg.StrOpt("rabbit_transport_url", secret=True,
+               help="Bridge mode, for moving a running cloud off RabbitMQ one process at a "
+                    "time: the rabbit:// URL this process used before. Its RPC servers then "
+                    "also consume their RabbitMQ queues (through oslo.messaging's rabbit "
+                    "driver), and it sends each message over gRPC when the target is "
+                    "registered in etcd, else over RabbitMQ. Unset: gRPC only."),
+    cfg.FloatOpt("bridge_restart_wait", default=30.0, min=0,
+                 help="Bridge mode: seconds a message waits for a server that just left etcd "
+                      "(probably restarting) to come back on gRPC, or to be heard consuming "
+                      "its RabbitMQ queue, before it is published to RabbitMQ anyway."),
 ]
 
 
@@ -189,6 +199,8 @@ class Settings:
     transport: TransportOptions
     server_tls: ServerTLS | None
     server_auth: ServerAuth | None
+    rabbit_url: str | None = None  # bridge mode (see grpcrpc.oslo._routing)
+    restart_wait: float = 30.0
 
     @classmethod
     def from_conf(cls, conf: Any, url: Any, default_exchange: str | None = None) -> Settings:
@@ -197,6 +209,9 @@ class Settings:
         az = g.az or DEFAULT_AZ
         fallback = tuple(a for a in (g.fallback_azs or ()) if a and a != az)
         client_tls = server_tls = None
+        rabbit_url = (g.rabbit_transport_url or "").strip() or None
+        if rabbit_url and rabbit_url.split(":", 1)[0].split("+")[0] not in ("rabbit", "kombu"):
+            raise ValueError("rabbit_transport_url must be a rabbit:// URL")
         if g.tls_enabled:
             mutual = bool(g.tls_require_client_cert)
             client_tls = ClientTLS(ca_file=g.tls_ca_file,
@@ -213,7 +228,9 @@ class Settings:
             max_message_size=g.max_message_size,
             tls=client_tls,
             keepalive_ms=int(g.keepalive_interval * 1000),
-            use_broadcaster=g.use_broadcaster,
+            # In bridge mode a fanout goes over gRPC only to the servers that do not listen on
+            # RabbitMQ; a broadcaster would reach every registered server.
+            use_broadcaster=g.use_broadcaster and not rabbit_url,
             client_fanout_fallback=g.client_fanout_fallback,
             token=g.auth_token or None,
             cast_accept_timeout=g.cast_accept_timeout,
@@ -233,6 +250,8 @@ class Settings:
             transport=options,
             server_tls=server_tls,
             server_auth=server_auth(g),
+            rabbit_url=rabbit_url,
+            restart_wait=g.bridge_restart_wait,
         )
 
 

@@ -172,3 +172,23 @@ def start_servers(started: list[ServerProcess], url: str, topic: str, names: lis
     for server in new:
         assert server.address, f"server {server.args[3:]} did not start"
     return new
+
+
+@pytest.fixture(scope="session")
+def rabbit() -> Iterator[Any]:
+    """A private RabbitMQ node (own name, ports and dirs; never the system broker), for the
+    bridge-mode tests; each test takes a vhost of its own. Skips when rabbitmq-server is not
+    installed (`make test` installs it)."""
+    from grpcrpc.testing.rabbit import RabbitServer, rabbitmq_installed
+
+    if not rabbitmq_installed():
+        pytest.skip("rabbitmq-server is not installed (make test installs it)")
+    with RabbitServer() as server:
+        yield server
+
+
+def bridge_url(etcd: EtcdServer, rabbit_url: str, **query: Any) -> str:
+    """`grpc_url` in bridge mode: `rabbit_transport_url` set to `rabbit_url`."""
+    from urllib.parse import quote
+
+    return grpc_url(etcd, rabbit_transport_url=quote(rabbit_url, safe=""), **query)

@@ -10,6 +10,11 @@ servers listen on loopback only: what a user who sets nothing gets is what oslo'
 (`CastTestCase.test_server_in_group` casts one `sync` per server to the topic and expects each
 server to get one, as RabbitMQ's turn-taking delivers; the default p2c balancer lets equally
 loaded servers take turns.)
+
+They run twice: on grpc:// alone, and in bridge mode (`rabbit_transport_url` set to a private
+RabbitMQ vhost, the driver's other options at their defaults): every process of the suite is
+then a bridge process, serving on both and sending calls and casts over gRPC, fanouts over
+RabbitMQ.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import os
 import pathlib
 import subprocess
 import sys
+import urllib.parse
+import uuid
 import xml.etree.ElementTree as ET
 
 import oslo_messaging
@@ -44,13 +51,20 @@ def outcomes(junit: pathlib.Path) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_oslo_functional_rpc_tests(etcd: EtcdServer, tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("mode", ["grpc", "bridge"])
+def test_oslo_functional_rpc_tests(mode: str, etcd: EtcdServer, tmp_path: pathlib.Path,
+                                   request: pytest.FixtureRequest) -> None:
     if not SUITE.exists():
         pytest.skip("this oslo.messaging wheel ships no functional tests")
     pytest.importorskip("oslotest")
     pytest.importorskip("eventlet")
     junit = tmp_path / "junit.xml"
-    env = dict(ENV, RPC_TRANSPORT_URL=f"grpc://{etcd.endpoint}/?bind_host=127.0.0.1")
+    url = f"grpc://{etcd.endpoint}/?bind_host=127.0.0.1"
+    if mode == "bridge":
+        rabbit = request.getfixturevalue("rabbit")
+        vhost = rabbit.add_vhost(f"functional-{uuid.uuid4().hex[:6]}")
+        url += "&rabbit_transport_url=" + urllib.parse.quote(vhost, safe="")
+    env = dict(ENV, RPC_TRANSPORT_URL=url)
     env.pop("NOTIFY_TRANSPORT_URL", None)
     # -c /dev/null: oslo's tests under pytest's defaults, not this repo's configuration.
     cmd = [sys.executable, "-m", "pytest", "-q", "-c", os.devnull, "--rootdir", str(tmp_path),
@@ -62,7 +76,7 @@ def test_oslo_functional_rpc_tests(etcd: EtcdServer, tmp_path: pathlib.Path) -> 
     result = outcomes(junit)
     summary = {k: sorted(n for n, o in result.items() if o == k)
                for k in ("passed", "skipped", "failed")}
-    print(f"oslo functional: {len(summary['passed'])} passed, {len(summary['skipped'])} "
+    print(f"oslo functional ({mode}): {len(summary['passed'])} passed, {len(summary['skipped'])} "
           f"skipped, {len(summary['failed'])} failed")
     assert summary["failed"] == [], done.stdout[-5000:]
     assert set(summary["skipped"]) == RABBIT_ONLY
