@@ -32,26 +32,13 @@ import urllib.request
 import weakref
 from collections.abc import Sequence
 
+from grpcrpc.testing._procs import end_process, free_port
+
 __all__ = ["EtcdCluster", "EtcdError", "EtcdProxy", "EtcdServer"]
 
 
 class EtcdError(RuntimeError):
     """etcd (or etcdctl) did not do what a test asked: it would not start, or a command failed."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _end(proc: subprocess.Popen[bytes] | None, workdir: str | None) -> None:
-    # Also run by weakref.finalize at exit: it must not depend on the EtcdServer object.
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    if workdir is not None:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class EtcdServer:
@@ -101,8 +88,8 @@ class EtcdServer:
         self.extra_args = tuple(extra_args)
         self.etcd_bin = shutil.which(etcd_bin) or etcd_bin
         self.etcdctl_bin = shutil.which(etcdctl_bin) or etcdctl_bin
-        self.client_port = client_port or _free_port()
-        self.peer_port = peer_port or _free_port()
+        self.client_port = client_port or free_port()
+        self.peer_port = peer_port or free_port()
         self.initial_cluster = initial_cluster
         self.workdir = tempfile.mkdtemp(prefix="grpcrpc-etcd-", dir=data_root)
         self.data_dir = os.path.join(self.workdir, "data")
@@ -110,7 +97,7 @@ class EtcdServer:
         self.user: tuple[str, str] | None = None
         self.tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
-        self._finalizer = weakref.finalize(self, _end, None, self.workdir)
+        self._finalizer = weakref.finalize(self, end_process, None, self.workdir)
         if tls:
             self._make_certs()
 
@@ -213,7 +200,7 @@ class EtcdServer:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL)
         self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _end, self._proc, self.workdir)
+        self._finalizer = weakref.finalize(self, end_process, self._proc, self.workdir)
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -369,7 +356,7 @@ class EtcdCluster:
                  extra_args: Sequence[str] = (), data_root: str | None = None) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one member")
-        ports = [(_free_port(), _free_port()) for _ in range(size)]
+        ports = [(free_port(), free_port()) for _ in range(size)]
         initial = ",".join(f"{name}{i}=http://127.0.0.1:{peer}"
                            for i, (_, peer) in enumerate(ports))
         self.members = [
@@ -437,12 +424,12 @@ class EtcdProxy:
         self.cluster_endpoints = list(endpoints)
         self.start_timeout = start_timeout
         self.etcd_bin = shutil.which(etcd_bin) or etcd_bin
-        self.port = _free_port()
-        self.metrics_port = _free_port()
+        self.port = free_port()
+        self.metrics_port = free_port()
         self.workdir = tempfile.mkdtemp(prefix="grpcrpc-etcd-proxy-")
         self.log_path = os.path.join(self.workdir, "proxy.log")
         self._proc: subprocess.Popen[bytes] | None = None
-        self._finalizer = weakref.finalize(self, _end, None, self.workdir)
+        self._finalizer = weakref.finalize(self, end_process, None, self.workdir)
 
     @property
     def endpoint(self) -> str:
@@ -462,7 +449,7 @@ class EtcdProxy:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL)
         self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _end, self._proc, self.workdir)
+        self._finalizer = weakref.finalize(self, end_process, self._proc, self.workdir)
         deadline = time.monotonic() + self.start_timeout
         while True:
             if self._proc.poll() is not None:

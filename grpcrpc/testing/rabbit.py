@@ -25,6 +25,8 @@ import time
 import uuid
 import weakref
 
+from grpcrpc.testing._procs import end_process, free_port
+
 __all__ = ["RabbitError", "RabbitServer", "rabbitmq_installed"]
 
 # Debian's /usr/sbin wrappers `su` to the rabbitmq user (losing the private HOME, hence the
@@ -48,27 +50,12 @@ def _tool(name: str) -> str | None:
     return shutil.which(name)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
     except OSError:
         return False
-
-
-def _end(proc: subprocess.Popen[bytes] | None, workdir: str | None) -> None:
-    # Also run by weakref.finalize at exit: it must not depend on the RabbitServer object.
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    if workdir is not None:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class RabbitServer:
@@ -89,13 +76,13 @@ class RabbitServer:
         self._server_bin = server
         self.start_timeout = start_timeout
         self.cpus = cpus
-        self.port = _free_port()
-        self.dist_port = _free_port()
+        self.port = free_port()
+        self.dist_port = free_port()
         self.node = f"grpcrpc-{uuid.uuid4().hex[:10]}@localhost"
         self.workdir = tempfile.mkdtemp(prefix="grpcrpc-rabbit-")
         self.log_path = os.path.join(self.workdir, "console.log")
         self._proc: subprocess.Popen[bytes] | None = None
-        self._finalizer = weakref.finalize(self, _end, None, self.workdir)
+        self._finalizer = weakref.finalize(self, end_process, None, self.workdir)
         with open(os.path.join(self.workdir, "rabbitmq.conf"), "w") as f:
             f.write("loopback_users = none\n"
                     "disk_free_limit.absolute = 10MB\n"
@@ -153,7 +140,7 @@ class RabbitServer:
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           start_new_session=True)
         self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _end, self._proc, self.workdir)
+        self._finalizer = weakref.finalize(self, end_process, self._proc, self.workdir)
         deadline = time.monotonic() + self.start_timeout
         # The node answers ping a moment before its AMQP listener accepts connections.
         while not (_port_open(self.port) and self._ping()):
