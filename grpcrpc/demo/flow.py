@@ -156,9 +156,18 @@ class Demo:
     def step_fanout(self) -> None:
         self.out.step("conductor -> broadcaster (az1) -> every compute of az1: fanout "
                       "update_available_resource")
-        trace_id, report = self.fanout("refresh_resources az1")
-        self.out.report(report)
         n = len(self.live("az1", "compute"))
+        trace_id, report = self.fanout("refresh_resources az1")
+        # The broadcaster is another process with its own etcd watch: a compute registered a
+        # moment ago may not be in its table yet (watch delay: milliseconds, p99 up to ~100 ms).
+        # A fanout goes to what the broadcaster knows, so wait for it to catch up and say so.
+        deadline = time.monotonic() + 5.0
+        while report.targets < n and time.monotonic() < deadline:
+            self.out.line(f"the broadcaster knew {report.targets} of {n} computes (its watch "
+                          f"had not caught up yet): fanning out again")
+            time.sleep(0.05)
+            trace_id, report = self.fanout("refresh_resources az1")
+        self.out.report(report)
         self.out.check(report.ok and report.targets == n, f"all {n} computes of az1 should accept")
         self.traces.append((trace_id, "fanout through az1's broadcaster (step 5)", 3 + report.delivered))
 
