@@ -60,7 +60,7 @@ class Last:
     async def wait_async(self, ctxt: dict[str, Any], tag: str) -> None:
         self.events.enter(tag)
         try:
-            await asyncio.sleep(600)
+            await asyncio.Event().wait()  # until cancelled: nothing sets it
         except asyncio.CancelledError:
             self.events.record(tag, "cancelled")
             raise

@@ -184,7 +184,7 @@ class Waiting:
     async def wait(self, ctxt: Any) -> None:
         self.started.set()
         try:
-            await asyncio.sleep(600)
+            await asyncio.Event().wait()  # until cancelled: nothing sets it
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
