@@ -147,6 +147,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("etcd_cert_file", None, _optional_str, "Client certificate for etcd (mTLS).",
            "discovery"),
     Option("etcd_key_file", None, _optional_str, "Client key for etcd (mTLS).", "discovery"),
+    Option("etcd_keepalive_time", 10.0, _positive(float),
+           "Seconds between pings on a silent etcd connection; 300 or more through etcd 3.4's "
+           "grpc-proxy (it drops connections that ping more often).", "discovery"),
     Option("az", DEFAULT_AZ, _name, "This process's availability zone.", "discovery"),
     Option("fallback_azs", (), _str_list,
            "AZs a client may use, in order, when its own has no server of a topic.", "discovery"),
@@ -313,7 +316,8 @@ class Config:
         v = self._values
         return EtcdConfig(v["etcd_endpoints"], prefix=v["etcd_prefix"], ca_file=v["etcd_ca_file"],
                           cert_file=v["etcd_cert_file"], key_file=v["etcd_key_file"],
-                          user=v["etcd_user"], password=v["etcd_password"])
+                          user=v["etcd_user"], password=v["etcd_password"],
+                          keepalive_time=v["etcd_keepalive_time"])
 
     def transport_options(self) -> TransportOptions:
         from grpcrpc.transport.base import TransportOptions

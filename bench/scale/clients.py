@@ -12,7 +12,7 @@ import time
 import tracemalloc
 from typing import Any
 
-from bench.scale.worker import rotated
+from bench.scale.worker import etcd_config
 from grpcrpc.transport.base import BROADCASTER_EXCHANGE, BROADCASTER_TOPIC
 
 # -- clients under continuous load ---------------------------------------------------------------
@@ -22,10 +22,10 @@ class Load:
 
     def __init__(self, a: dict[str, Any]) -> None:
         from grpcrpc import AsyncRPCClient, Target
-        from grpcrpc.discovery.etcd import EtcdConfig, EtcdResolver
+        from grpcrpc.discovery.etcd import EtcdResolver
 
         self.id, self.computes, self.timeout = a["id"], a["computes"], a["timeout"]
-        self.resolver = EtcdResolver(EtcdConfig(rotated(a["endpoints"], a["id"]), timeout=10.0),
+        self.resolver = EtcdResolver(etcd_config(a, a["id"]),
                                      az="default", topics=["compute"], start_timeout=120)
         self.client = AsyncRPCClient(self.resolver, Target(topic="compute"), timeout=self.timeout)
         self._task: asyncio.Task[None] | None = None
@@ -96,9 +96,9 @@ class Load:
 class FanoutClient:
     def __init__(self, a: dict[str, Any]) -> None:
         from grpcrpc import AsyncRPCClient, Target
-        from grpcrpc.discovery.etcd import EtcdConfig, EtcdResolver
+        from grpcrpc.discovery.etcd import EtcdResolver
 
-        self.resolver = EtcdResolver(EtcdConfig(a["endpoints"], timeout=10.0), az="default",
+        self.resolver = EtcdResolver(etcd_config(a), az="default",
                                      start_timeout=120,
                                      topics=["compute", (BROADCASTER_EXCHANGE, BROADCASTER_TOPIC)])
         self.client = AsyncRPCClient(self.resolver, Target(topic="compute", fanout=True),
@@ -133,9 +133,7 @@ def rss_mib() -> float:
 
 class Routing:
     def __init__(self, a: dict[str, Any]) -> None:
-        from grpcrpc.discovery.etcd import EtcdConfig
-
-        self.config = EtcdConfig(a["endpoints"], timeout=30.0)
+        self.config = etcd_config(a, timeout=30.0)
         self.expected = a["expected"]
 
     async def start(self) -> dict[str, Any]:
@@ -239,10 +237,10 @@ class KeepaliveCapacity:
 
         from pyetcd import etcdrpc
 
-        from grpcrpc.discovery.etcd import EtcdConfig, connect
+        from grpcrpc.discovery.etcd import connect
 
         a = self.a
-        clients = [connect(EtcdConfig(rotated(a["endpoints"], i), timeout=10.0))
+        clients = [connect(etcd_config(a, i))
                    for i in range(a["streams"])]
         answered = [0] * len(clients)
         stop = threading.Event()

@@ -18,9 +18,9 @@ def run(region: Region) -> Part:
     split = math.ceil(n / o.broadcasters)
     part = Part("fanout", f"3. fanout to all {n:,} computes through {o.broadcasters} "
                           f"broadcasters (split at {split:,})")
-    brokers = [Worker("broadcaster", endpoints=region.endpoints(), index=i, name=f"bcast-{i}",
+    brokers = [Worker("broadcaster", **region.etcd(), index=i, name=f"bcast-{i}",
                       ttl=o.ttl, split=split, peers=o.broadcasters) for i in range(o.broadcasters)]
-    client = Worker("fanout", endpoints=region.endpoints())
+    client = Worker("fanout", **region.etcd())
     try:
         start_all([*brokers, client])
         # The client must see every broadcaster and every compute before the first fanout.

@@ -4,7 +4,10 @@ processes, a conductor with schedulers, and the load clients. Parts share one re
 What differs from production, by construction: every process shares 2 cores and loopback; many
 hypervisors live in one OS process (`--per-process`), so their registries share that process's
 Python interpreter, gRPC core threads and GIL — but each registry has its own etcd connection
-and lease, as a real agent process would.
+and lease, as a real agent process would. Through the proxy, the region runs one `grpc-proxy`
+per `PROXY_CLIENTS` registrations (a process here may hold at most 20,000 fds, and a proxy
+holds one per client connection); each process is given all of them, in a rotated order, as
+production clients would list their site's proxies.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from grpcrpc.discovery.etcd import EtcdConfig, connect
 from grpcrpc.testing.etcd import EtcdCluster, EtcdProxy
 
 AGENT_TOPICS = ("compute", "neutron-agent", "ceilometer-agent")
+PROXY_CLIENTS = 12_000  # client connections per grpc-proxy
+# etcd 3.4's grpc-proxy GOAWAYs pings more often than every 5 minutes (docs/operations.md).
+PROXY_KEEPALIVE_S = 300.0
 
 
 @dataclass
@@ -55,7 +61,7 @@ class Region:
         self.opts = opts
         self.cluster = EtcdCluster(3, data_root=opts.etcd_dir, extra_args=[
             "--auto-compaction-mode=periodic", "--auto-compaction-retention=1h"])
-        self.proxy: EtcdProxy | None = None
+        self.proxies: list[EtcdProxy] = []
         self.hv: list[Worker] = []  # the compute processes
         self.agents: list[Worker] = []  # the agent processes (registrations only)
         self.load: list[Worker] = []
@@ -66,16 +72,20 @@ class Region:
     def start(self) -> Region:
         self.cluster.start()
         if self.opts.proxy:
-            self.proxy = EtcdProxy(self.cluster.endpoints).start()
+            for _ in range(math.ceil(self.opts.registrations / PROXY_CLIENTS)):
+                self.proxies.append(EtcdProxy(self.cluster.endpoints).start())
         self.config = EtcdConfig(self.cluster.endpoints, timeout=5.0)
         return self
 
-    def endpoints(self, mode: str | None = None) -> list[str]:
+    def etcd(self, mode: str | None = None) -> dict[str, Any]:
+        """A worker's etcd arguments (`bench.scale.worker.etcd_config` reads them): the
+        members, or the proxies with the ping interval they accept."""
         mode = mode or self.mode
         if mode == "proxy":
-            assert self.proxy is not None
-            return [self.proxy.endpoint]
-        return list(self.cluster.endpoints)
+            assert self.proxies
+            return {"endpoints": [p.endpoint for p in self.proxies],
+                    "etcd_keepalive": PROXY_KEEPALIVE_S}
+        return {"endpoints": list(self.cluster.endpoints)}
 
     def spawn_hypervisors(self, mode: str) -> list[Worker]:
         """Start every hypervisor process at once (a cold start); returns without waiting.
@@ -83,7 +93,7 @@ class Region:
         registries never share an interpreter with the compute servers."""
         o = self.opts
         return [Worker("hv", first=first, count=min(o.per_process, o.hypervisors - first),
-                       endpoints=self.endpoints(mode), ttl=o.ttl, role=role)
+                       **self.etcd(mode), ttl=o.ttl, role=role)
                 for first in range(0, o.hypervisors, o.per_process)
                 for role in ("computes", "agents")]
 
@@ -94,8 +104,8 @@ class Region:
 
     def start_control_and_load(self) -> None:
         o = self.opts
-        self.control = Worker("conductor", endpoints=self.endpoints(), ttl=o.ttl)
-        self.load = [Worker("load", id=i + 1, endpoints=self.endpoints(), computes=o.hypervisors,
+        self.control = Worker("conductor", **self.etcd(), ttl=o.ttl)
+        self.load = [Worker("load", id=i + 1, **self.etcd(), computes=o.hypervisors,
                             timeout=o.call_timeout) for i in range(o.load_clients)]
         start_all([self.control, *self.load])
 
@@ -119,8 +129,9 @@ class Region:
 
     def member_pids(self) -> dict[str, int]:
         pids = {m.name: m.pid for m in self.cluster.members if m.pid}
-        if self.proxy is not None and self.proxy.pid:
-            pids["proxy"] = self.proxy.pid
+        for i, proxy in enumerate(self.proxies, 1):
+            if proxy.pid:
+                pids[f"proxy{i}" if len(self.proxies) > 1 else "proxy"] = proxy.pid
         return pids
 
     def etcd_metric(self, name: str, **labels: str) -> dict[str, float]:
@@ -142,8 +153,8 @@ class Region:
                    *self.agents])
         if self._raw is not None:
             self._raw.close()
-        if self.proxy is not None:
-            self.proxy.close()
+        for proxy in self.proxies:
+            proxy.close()
         self.cluster.close()
 
 

@@ -100,7 +100,7 @@ def cold_start(region: Region, part: Part, mode: str) -> list[Worker]:
 def capacity(region: Region, part: Part, load: float) -> None:
     """Renewals as fast as the cluster answers, from two processes beside the region's load."""
     o, mode = region.opts, "direct"
-    probes = [Worker("kacap", endpoints=region.endpoints(mode), streams=8, leases=50, window=32)
+    probes = [Worker("kacap", **region.etcd(mode), streams=8, leases=50, window=32)
               for _ in range(2)]
     try:
         start_all(probes)

@@ -12,7 +12,7 @@ from bench.scale.report import Part, mib, ms
 def run(region: Region) -> Part:
     o = region.opts
     part = Part("routing", f"2. routing: a client's table of the whole region ({region.mode})")
-    worker = Worker("routing", endpoints=region.endpoints(), expected=o.registrations)
+    worker = Worker("routing", **region.etcd(), expected=o.registrations)
     try:
         worker.wait_ready()
         built = worker.ask("build")

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from bench.scale.worker import count_registry_logs, rotated
+from bench.scale.worker import count_registry_logs, etcd_config
 from grpcrpc.transport.base import BROADCASTER_EXCHANGE, BROADCASTER_TOPIC
 
 # -- hypervisors --------------------------------------------------------------------------------
@@ -53,12 +53,10 @@ class Hypervisors:
     AGENTS = ("neutron-agent", "ceilometer-agent")
 
     def __init__(self, a: dict[str, Any]) -> None:
-        from grpcrpc.discovery.etcd import EtcdConfig
-
+        self.args = a
         self.first, self.count, self.ttl = a["first"], a["count"], a["ttl"]
         self.role = a.get("role", "all")  # "computes", "agents" or both
         self.endpoints: list[str] = a["endpoints"]
-        self.config = EtcdConfig
         self.log = count_registry_logs()
         self.receipts = Receipts()
         self.servers: dict[str, Any] = {}
@@ -71,7 +69,7 @@ class Hypervisors:
     def _registry(self, i: int) -> Any:
         from grpcrpc.discovery.etcd import EtcdRegistry
 
-        return EtcdRegistry(self.config(rotated(self.endpoints, i), timeout=10.0), ttl=self.ttl)
+        return EtcdRegistry(etcd_config(self.args, i), ttl=self.ttl)
 
     def _server(self, name: str, i: int) -> Any:
         from grpcrpc import Limits, RPCServer, Target
@@ -204,9 +202,9 @@ class Control:
 
     def __init__(self, a: dict[str, Any]) -> None:
         from grpcrpc import Limits, RPCServer, Target
-        from grpcrpc.discovery.etcd import EtcdConfig, EtcdRegistry
+        from grpcrpc.discovery.etcd import EtcdRegistry
 
-        self.registry = EtcdRegistry(EtcdConfig(a["endpoints"], timeout=10.0), ttl=a["ttl"])
+        self.registry = EtcdRegistry(etcd_config(a), ttl=a["ttl"])
         # Coroutine endpoints; the bounds are per connection, so 10,000 clients fit.
         limits = Limits(coroutines=8192)
         self.servers = [RPCServer(Target(topic="conductor", server="conductor0"), [Conductor()],
@@ -228,9 +226,9 @@ class Control:
 class BroadcasterProc:
     def __init__(self, a: dict[str, Any]) -> None:
         from grpcrpc.broadcaster import Broadcaster, BroadcasterOptions
-        from grpcrpc.discovery.etcd import EtcdConfig, EtcdRegistry, EtcdResolver
+        from grpcrpc.discovery.etcd import EtcdRegistry, EtcdResolver
 
-        config = EtcdConfig(rotated(a["endpoints"], a["index"]), timeout=10.0)
+        config = etcd_config(a, a["index"])
         self.resolver = EtcdResolver(config, az="default", start_timeout=120, topics=[
             "compute", (BROADCASTER_EXCHANGE, BROADCASTER_TOPIC)])
         self.registry = EtcdRegistry(config, ttl=a["ttl"])

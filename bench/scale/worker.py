@@ -38,6 +38,14 @@ def rotated(endpoints: list[str], i: int) -> list[str]:
     return endpoints[k:] + endpoints[:k]
 
 
+def etcd_config(a: dict[str, Any], i: int = 0, timeout: float = 10.0) -> Any:
+    """The `EtcdConfig` of a worker's `i`-th client, from the region's `etcd()` arguments."""
+    from grpcrpc.discovery.etcd import EtcdConfig
+
+    return EtcdConfig(rotated(a["endpoints"], i), timeout=timeout,
+                      keepalive_time=a.get("etcd_keepalive", 10.0))
+
+
 class RegistryLog(logging.Handler):
     """Counts what the registries tell: grants, failed attempts, registrations lost."""
 

@@ -59,9 +59,9 @@ __all__ = [
 _ENDPOINT_RETRY_S = 1.0
 
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    # Notice a dead or partitioned etcd on a silent watch stream. etcd refuses pings more often
-    # than its --grpc-keepalive-min-time (5 s), and pings without a stream (so none here).
-    ("grpc.keepalive_time_ms", 10_000),
+    # Pings notice a dead or partitioned etcd on a silent watch stream, every
+    # `EtcdConfig.keepalive_time` (added per client). etcd refuses pings more often than its
+    # --grpc-keepalive-min-time (5 s), and pings without a stream (so none here).
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
     # grpc's own reconnect backoff grows to 120 s: cap it, or a restarted etcd stays unseen.
@@ -175,7 +175,9 @@ def make_client(config: EtcdConfig, timeout: float | None = None) -> Any:
         host, _, port = address.rpartition(":")  # an IPv6 host keeps its brackets for grpc
         endpoints.append(pyetcd.Endpoint(
             host, int(port), secure=config.tls, creds=creds,
-            time_retry=_ENDPOINT_RETRY_S, opts=list(_CHANNEL_OPTIONS),
+            time_retry=_ENDPOINT_RETRY_S, opts=[
+                *_CHANNEL_OPTIONS,
+                ("grpc.keepalive_time_ms", int(config.keepalive_time * 1000))],
         ))
     try:
         client = pyetcd.MultiEndpointEtcd3Client(

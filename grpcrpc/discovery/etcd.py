@@ -52,7 +52,11 @@ class EtcdConfig:
     `https` turns TLS on); requests fail over between them. TLS is on when `tls` is set, when
     a CA or client certificate is given, or with `https://` endpoints. `user`/`password` use
     etcd's authentication (the token is renewed whenever etcd stops accepting it).
-    `timeout` bounds each request.
+    `timeout` bounds each request. `keepalive_time` is the seconds between HTTP/2 pings on a
+    connection whose streams are silent (how a dead or partitioned etcd is noticed on a quiet
+    watch); etcd members accept one every 5 s, but etcd 3.4's `grpc-proxy` answers pings more
+    often than every 300 s with GOAWAY `too_many_pings`, dropping every stream of the
+    connection, so through a proxy set it to 300 or more.
 
     >>> EtcdConfig("https://10.0.0.1:2379,10.0.0.2:2379", prefix="/az1/").endpoints
     ('10.0.0.1:2379', '10.0.0.2:2379')
@@ -67,6 +71,7 @@ class EtcdConfig:
     password: str | None = field(default=None, repr=False)
     timeout: float = 5.0
     tls: bool | None = None
+    keepalive_time: float = 10.0
 
     def __post_init__(self) -> None:
         raw = self.endpoints.split(",") if isinstance(self.endpoints, str) else self.endpoints
@@ -88,6 +93,8 @@ class EtcdConfig:
             raise ValueError("user and password go together")
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
+        if self.keepalive_time < 1:
+            raise ValueError("keepalive_time must be at least 1 second")
         tls = self.tls if self.tls is not None else bool(
             https or self.ca_file or self.cert_file)
         object.__setattr__(self, "endpoints", tuple(endpoints))

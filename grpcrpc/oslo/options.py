@@ -130,6 +130,10 @@ GRPC_OPTS: list[cfg.Opt] = [
     cfg.StrOpt("etcd_key_file", help="Private key (PEM) of etcd_cert_file."),
     cfg.FloatOpt("etcd_timeout", default=5.0, min=0.1,
                  help="Seconds each etcd request may take."),
+    cfg.FloatOpt("etcd_keepalive_time", default=10.0, min=1.0,
+                 help="Seconds between pings on a silent etcd connection; 300 or more "
+                      "through etcd 3.4's grpc-proxy (it drops connections that ping more "
+                      "often)."),
     cfg.StrOpt("rabbit_transport_url", secret=True,
                help="Bridge mode, for moving a running cloud off RabbitMQ one process at a "
                     "time: the rabbit:// URL this process used before. Its RPC servers then "
@@ -295,4 +299,5 @@ def etcd_config(url: Any, group: Any) -> EtcdConfig:
         user=user,
         password=password,
         timeout=group.etcd_timeout,
+        keepalive_time=group.etcd_keepalive_time,
     )

@@ -59,3 +59,33 @@ def test_cluster_elects_a_new_leader_and_the_proxy_follows(stack: Stack) -> None
         assert "remaining" in survivor.etcdctl("lease", "timetolive", f"{lease:x}")
         assert registry.registered and registry.lease_id == lease
         stack.close()
+
+
+def test_pings_the_proxy_refuses_drop_watches_and_keepalive_time_avoids_them(
+        etcd_server: EtcdServer, stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """etcd 3.4's grpc-proxy keeps gRPC-Go's 5-minute minimum between pings: a quiet watch that
+    pings more often is cut with GOAWAY too_many_pings (and re-lists its whole tree). With the
+    `keepalive_time` docs/operations.md gives for a proxy, the same watch stays up."""
+    caplog.set_level(logging.INFO, logger="grpcrpc.discovery.etcd")
+
+    def dropped() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "too_many_pings" in r.getMessage()]
+
+    with EtcdProxy([etcd_server.endpoint]) as proxy:
+        t0 = time.monotonic()
+        pinging = stack.resolver(EtcdConfig([proxy.endpoint], timeout=2.0, keepalive_time=1.0))
+        wait_until(dropped, 30, "the proxy to refuse 1 s pings")
+        took = time.monotonic() - t0
+        pinging.close()
+        caplog.clear()
+        quiet = stack.resolver(EtcdConfig([proxy.endpoint], timeout=2.0, keepalive_time=300))
+        end = time.monotonic() + max(2 * took, 5.0)  # twice what the refusal took above
+        while time.monotonic() < end:
+            assert not dropped()
+            time.sleep(0.1)  # sampling over the window
+        # and the watch that stayed up still follows the registry
+        registry = stack.registry(EtcdConfig([proxy.endpoint], timeout=2.0, keepalive_time=300))
+        registry.announce(Endpoint("127.0.0.1:5000", "compute", "h0"))
+        assert quiet.wait_for(lambda t: any(e.server == "h0" for e in t.endpoints), 10)
+        assert not dropped()
+        stack.close()
