@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import queue
 import random
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -33,6 +32,7 @@ from pyetcd import events as pyetcd_events
 from pyetcd import exceptions as pyetcd_exc
 from pyetcd import transactions as pyetcd_txn
 
+from grpcrpc.discovery._watchdog import WATCHDOG
 from grpcrpc.exceptions import DiscoveryUnavailable
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ class Session:
         the CPU of a stream per renewal, and a renewal never queues behind other leases'.
         """
         stream = self._keepalive
-        if stream is None or stream.lease_id != lease_id:
+        if stream is None or stream.lease_id != lease_id or not stream.alive:
             if stream is not None:
                 stream.close()
             # A unary call first: it checks the lease, and through pyetcd's error handling it
@@ -334,41 +334,43 @@ class Session:
 
 
 class _KeepAliveStream:
-    """A LeaseKeepAlive stream held open for one lease: a request per renewal, its answer read
-    by a small thread so that a renewal can time out (grpc's blocking iterator cannot)."""
+    """A LeaseKeepAlive stream held open for one lease: a request per renewal, whose answer the
+    renewing thread reads itself under the process's `WATCHDOG` (grpc's blocking iterator
+    cannot time out, and a standing reader thread would wake ten times a second)."""
 
     def __init__(self, client: Any, lease_id: int) -> None:
         self.lease_id = lease_id
+        self.alive = True
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
         try:
             self._call = client.leasestub.LeaseKeepAlive(
                 iter(self._requests.get, None),
                 credentials=client.call_credentials, metadata=client.metadata)
         except (grpc.RpcError, pyetcd_exc.Etcd3Exception, ValueError) as exc:
             raise _failure(exc) from exc
-        threading.Thread(target=self._read, daemon=True,
-                         name=f"grpcrpc-etcd-keepalive-{lease_id:x}").start()
-
-    def _read(self) -> None:
-        try:
-            for answer in self._call:
-                self._answers.put(answer)
-            self._answers.put(Unavailable("keepalive stream ended"))
-        except grpc.RpcError as exc:
-            self._answers.put(_failure(exc))
 
     def renew(self, timeout: float) -> int:
         self._requests.put(etcdrpc.LeaseKeepAliveRequest(ID=self.lease_id))
+        guard = WATCHDOG.watch(self._call, timeout)
+        late = False
         try:
-            answer = self._answers.get(timeout=timeout)
-        except queue.Empty:
-            raise Unavailable(f"no keepalive answer within {timeout:.1f}s") from None
-        if isinstance(answer, EtcdFailure):
-            raise answer
+            answer = next(self._call)
+        except StopIteration:
+            self.alive = False
+            raise Unavailable("keepalive stream ended") from None
+        except grpc.RpcError as exc:
+            self.alive = False
+            if WATCHDOG.release(guard):
+                raise Unavailable(f"no keepalive answer within {timeout:.1f}s") from None
+            raise _failure(exc) from exc
+        finally:
+            late = WATCHDOG.release(guard)
+        if late:  # answered as the watchdog cancelled it: the answer holds, the stream not
+            self.alive = False
         return int(answer.TTL)
 
     def close(self) -> None:
+        self.alive = False
         self._requests.put(None)  # ends the request iterator grpc's thread is blocked on
         self._call.cancel()
 
