@@ -83,7 +83,7 @@ bench: $(STAMP) etcd
 # more options, e.g. --parts or --no-proxy): an etcd cluster, its grpc-proxy, 30,000 leases, the
 # faults and the RabbitMQ storm. Hours on 2 cores; `make test` runs it at smoke size.
 HYPERVISORS ?= 10000
-scale: $(STAMP) etcd
+scale: $(STAMP) etcd rabbitmq
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.scale --hypervisors $(HYPERVISORS) $(SCALE_ARGS)
 
