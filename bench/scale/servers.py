@@ -56,6 +56,10 @@ class Hypervisors:
         self.args = a
         self.first, self.count, self.ttl = a["first"], a["count"], a["ttl"]
         self.role = a.get("role", "all")  # "computes", "agents" or both
+        # Registrations one process starts at once. Production's agents start on their own
+        # hosts' cores; here every waiting etcd call is a thread that grpc's blocking API wakes
+        # 5-10 times a second on the same 2 cores, so an unpaced process starves etcd itself.
+        self.pace = a.get("pace", 8)
         self.endpoints: list[str] = a["endpoints"]
         self.log = count_registry_logs()
         self.receipts = Receipts()
@@ -86,8 +90,8 @@ class Hypervisors:
         names = [(f"hv{i:05d}", i) for i in range(self.first, self.first + self.count)]
         t0 = time.monotonic()
         if self.role != "agents":
-            for k in range(0, len(names), 50):
-                batch = [(n, self._server(n, i)) for n, i in names[k:k + 50]]
+            for k in range(0, len(names), self.pace):
+                batch = [(n, self._server(n, i)) for n, i in names[k:k + self.pace]]
                 await asyncio.gather(*(s.start() for _, s in batch))
                 self.servers.update(batch)
         t1 = time.monotonic()
@@ -104,7 +108,7 @@ class Hypervisors:
             registry.announce(Endpoint(address, topic, name, instance=f"{topic}-{i}"))
 
         # Agents are processes of their own in production: they start at once, not in turn.
-        with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        with concurrent.futures.ThreadPoolExecutor(self.pace) as pool:
             for f in [pool.submit(announce, name, i, j, topic) for name, i in names
                       for j, topic in enumerate(self.AGENTS)]:
                 f.result()

@@ -165,6 +165,15 @@ class QueueProbe:
                 connect_timeout=self._timeout, alternates=alternates)
         return self._conn
 
+    def _channel(self) -> Any:
+        """A channel on the shared connection; a connection that cannot open one is dropped
+        (the next call connects again). The caller holds the lock."""
+        try:
+            return self._connection().channel()
+        except Exception:
+            self._reset()
+            raise
+
     def stats(self, queue: str) -> QueueStats | None:
         """`ConnectionError`-like kombu/amqp errors propagate when RabbitMQ is unreachable."""
         import amqp  # type: ignore[import-untyped]
@@ -174,12 +183,7 @@ class QueueProbe:
             cached = self._cache.get(queue)
             if cached is not None and now - cached[0] < _PROBE_CACHE:
                 return cached[1]
-            conn = self._connection()
-            try:
-                channel = conn.channel()
-            except Exception:
-                self._reset()
-                raise
+            channel = self._channel()
             try:
                 ok = channel.queue_declare(queue=queue, passive=True)
                 result: QueueStats | None = (int(ok.message_count), int(ok.consumer_count))
@@ -200,12 +204,7 @@ class QueueProbe:
         import amqp
 
         with self._lock:
-            conn = self._connection()
-            try:
-                channel = conn.channel()
-            except Exception:
-                self._reset()
-                raise
+            channel = self._channel()
             try:
                 channel.exchange_declare(exchange=name, type="fanout", passive=True)
             except amqp.exceptions.NotFound:

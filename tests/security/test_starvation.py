@@ -78,11 +78,15 @@ def victim(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> Iterator[V
         yield v
 
 
+BASELINE_CALLS = 50
+
+
 def start_legit(victim: Victim, **kwargs: Any) -> tuple[Legit, float]:
-    """The legitimate client, calling; and its p99 over 2 s before any attack (how loaded
-    this shared machine is right now)."""
+    """The legitimate client, calling; and its p99 over its first calls before any attack
+    (how loaded this shared machine is right now)."""
     legit = Legit(victim.address, **kwargs).start()
-    time.sleep(2.0)
+    wait_until(lambda: len(legit.latencies) >= BASELINE_CALLS, timeout=30,
+               what=f"{BASELINE_CALLS} legitimate calls before the attack")
     baseline = legit.p99()
     legit.latencies.clear()
     return legit, baseline
@@ -180,9 +184,11 @@ def test_idle_sockets_do_not_exhaust_file_descriptors(victim: Victim) -> None:
     host, port = victim.address.rsplit(":", 1)
     socks = [socket.create_connection((host, int(port)), timeout=5) for _ in range(1124)]
     try:
-        # New clients keep connecting while 1,124 sockets sit there saying nothing...
-        time.sleep(2.0)
-        assert len(legit.latencies) > 3
+        # New clients keep connecting while 1,124 sockets sit there saying nothing (the
+        # server closes them at its 3 s handshake timeout: the calls must come before)...
+        wait_until(lambda: len(legit.latencies) > 3, timeout=2.5,
+                   what="new clients answered while the idle sockets are open")
+        assert _closed_by_server(socks) < len(socks)
         # ...and the sockets that never spoke HTTP/2 are closed at the handshake timeout.
         wait_until(lambda: _closed_by_server(socks) == len(socks), timeout=15,
                    what="the server closes every idle socket")
