@@ -1,11 +1,13 @@
 """oslo.messaging over RabbitMQ vs over grpc://, side by side: the same oslo-API workload.
 
 Sequential call latency and rate, calls with 32 client threads, casts (counted when the server
-consumed them) from 32 threads, fanout casts to 5 servers (counted when all 5 consumed them),
-and the time one fanout takes to reach every one of 10 and of 100 servers (RabbitMQ's fanout
-exchange vs grpc:// from the client; each server notes when it consumed it, on the machine's
-monotonic clock). Servers are oslo RPC servers (threading executor) pinned to core 1, with the
-RabbitMQ broker; the client is pinned to core 0. etcd (grpc://) is idle on the call path.
+consumed them) from 32 threads, fanout casts to 5, 10 and 100 servers (a rate: fanouts sent
+back to back, counted when every server consumed every one), and the time one fanout takes to
+reach every one of 10 and of 100 servers (RabbitMQ's fanout exchange vs grpc:// from the
+client; each server notes when it consumed it, on the machine's monotonic clock). The 5
+servers are 5 processes; the 10 and the 100 share one process, on one transport. Servers are
+oslo RPC servers (threading executor) pinned to core 1, with the RabbitMQ broker; the client is
+pinned to core 0. etcd (grpc://) is idle on the call path.
 Repetitions alternate rabbit/grpc; ratios are grpc:// to rabbit://.
 
 RabbitMQ is Debian's `rabbitmq-server`: when it is missing, a full run installs it with apt-get
@@ -84,11 +86,20 @@ def serve(url: str, topic: str, name: str) -> None:
 
 
 class Arrivals:
-    """Shared by every server of a serve-many process: when each consumed fanout `seq`."""
+    """Shared by every server of a serve-many process: when each consumed fanout `seq`, and
+    how many `consume` casts they consumed in all."""
 
     def __init__(self) -> None:
         self.times: dict[int, list[float]] = {}
+        self.consumed = 0
         self._lock = threading.Lock()
+
+    def consume(self, ctxt: Any, x: Any) -> None:
+        with self._lock:
+            self.consumed += 1
+
+    def count(self, ctxt: Any) -> int:
+        return self.consumed
 
     def mark(self, ctxt: Any, seq: int) -> None:
         now = time.monotonic()
@@ -265,6 +276,18 @@ def fanouts(client: Any, names: list[str], k: int) -> float:
     return k / (time.perf_counter() - start)
 
 
+def wide_fanout_rate(client: Any, n: int, k: int) -> float:
+    """Fanouts/s to the `n` servers of one serve-many process, until all consumed all `k`."""
+    probe = client.prepare(server="w0")  # any server answers for the whole process
+    before = probe.call({}, "count")
+    fan = client.prepare(fanout=True)
+    start = time.perf_counter()
+    for i in range(k):
+        fan.cast({}, "consume", x=i)
+    _wait_count(lambda: probe.call({}, "count"), before + k * n)
+    return k / (time.perf_counter() - start)
+
+
 def wide_fanout(client: Any, n: int, k: int) -> float:
     """Median time from a fanout cast until the last of `n` servers consumed it."""
     probe = client.prepare(server="w0")
@@ -322,6 +345,8 @@ def run_one(url: str, env: dict[str, str], args: argparse.Namespace) -> dict[str
             try:
                 with servers(env, url, wide_topic, [], many=n):
                     result[f"wide{n}"] = wide_fanout(wide_client, n, args.wide_fanouts)
+                    result[f"rate{n}"] = wide_fanout_rate(
+                        wide_client, n, max(5, args.fanouts * FANOUT_SERVERS // n))
             except Exception as exc:  # one scenario must not lose the repetition's others
                 print(f"!! {url.split(':')[0]}: fanout to {n} servers failed: "
                       f"{type(exc).__name__}: {exc}", flush=True)
@@ -378,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         ("threads", f"call, {THREADS} client threads", "/s"),
         ("casts", f"cast, {THREADS} threads (consumed)", "/s"),
         ("fanout", f"fanout to {FANOUT_SERVERS} servers (all consumed)", "/s"),
+        *((f"rate{n}", f"fanout to {n} servers (all consumed)", "/s") for n in args.wide),
         *((f"wide{n}", f"fanout reaches all {n} servers", "ms") for n in args.wide),
     ):
         ref = s.get(f"{key}_rabbit")
@@ -389,6 +415,12 @@ def main(argv: list[str] | None = None) -> None:
     record("oslo", "wide_fanout", {
         f"oslo {system}://": {str(n): s[f"wide{n}_{system}"].median for n in args.wide}
         for system in ("rabbit", "grpc") if all(f"wide{n}_{system}" in s for n in args.wide)})
+    # Fanouts/s until every server consumed every one, by number of servers.
+    record("oslo", "fanout_rate", {
+        f"oslo {system}://": {str(n): s[key].median for n, key in (
+            (FANOUT_SERVERS, f"fanout_{system}"), *((n, f"rate{n}_{system}") for n in args.wide))
+            if key in s}
+        for system in ("rabbit", "grpc")})
 
 
 if __name__ == "__main__":

@@ -47,7 +47,13 @@ from grpcrpc.oslo._client import Sender, SyncSender
 from grpcrpc.oslo._rabbit import BothListener, RabbitSide
 from grpcrpc.oslo._routing import BridgeSender, Presence, Router
 from grpcrpc.oslo._wire import RemoteFailure, describe, target_fields
-from grpcrpc.oslo.listener import GrpcIncomingMessage, GrpcListener, start_server
+from grpcrpc.oslo.listener import (
+    DirectListener,
+    GrpcIncomingMessage,
+    GrpcListener,
+    Handoff,
+    start_server,
+)
 
 __all__ = ["GrpcDriver", "GrpcDriverError", "NotificationsNotSupported"]
 
@@ -219,24 +225,35 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
 
     def listen(self, target: Any, batch_size: int, batch_timeout: float | None) -> Any:
         """Serve `target` (topic and server): bind, announce in etcd, and return the listener
-        oslo's executor polls."""
+        that hands oslo's RPC server its messages."""
         proc = self._process()
         # Bridge mode: consume RabbitMQ before announcing the gRPC endpoint (see BothListener).
         rabbit = (self._rabbit.listen(target, batch_size, batch_timeout)
                   if self._rabbit is not None else None)
-        mailbox: Mailbox[GrpcIncomingMessage] = Mailbox(proc.world)
+        # Plain threads: the loop hands messages to oslo's executor itself (no poll thread);
+        # under eventlet the executor takes them only from a green thread, which polls.
+        direct = isinstance(proc.world, ThreadWorld) and batch_size == 1
+        box: Handoff | Mailbox[GrpcIncomingMessage] = (
+            Handoff() if direct else Mailbox(proc.world))
         coro = start_server(self._settings, target, self._default_exchange or "openstack",
-                            proc.registry(), mailbox)
+                            proc.registry(), box, proc.bridge.inbox)
         try:
             server = proc.bridge.run(coro)
         except gx.GrpcrpcError as err:
             if rabbit is not None:
                 rabbit.cleanup()
             raise GrpcDriverError(f"cannot serve {describe(target)}: {err}") from None
-        listener = GrpcListener(proc.bridge, server, mailbox, self._settings.stop_grace)
+        listener: GrpcListener | DirectListener
+        adapter: Any
+        if isinstance(box, Handoff):
+            listener = adapter = DirectListener(proc.bridge, server, box,
+                                                self._settings.stop_grace, batch_size,
+                                                batch_timeout)
+        else:
+            listener = GrpcListener(proc.bridge, server, box, self._settings.stop_grace)
+            adapter = base.PollStyleListenerAdapter(listener, batch_size, batch_timeout)
         with self._lock:
             proc.listeners.append(listener)
-        adapter = base.PollStyleListenerAdapter(listener, batch_size, batch_timeout)
         return adapter if rabbit is None else BothListener(rabbit, adapter)
 
     # -- notifications: not carried -------------------------------------------------------
@@ -284,7 +301,7 @@ class _Process:
         # hub would stall), so under eventlet sends run on the loop and green threads wait.
         self.sync_sender = SyncSender(settings) if isinstance(self.world, ThreadWorld) else None
         self.sender = Sender(settings)
-        self.listeners: list[GrpcListener] = []
+        self.listeners: list[GrpcListener | DirectListener] = []
         self._registry: EtcdRegistry | None = None
         self._lock = threading.Lock()
         self._watched: Presence | None = None

@@ -2,12 +2,20 @@
 
 ```
 envelope ─► grpcrpc servicer ─► CatchAllDispatcher ─► Sink.deliver (a coroutine on the loop)
-                                                          │ GrpcIncomingMessage into the Mailbox
-oslo's poll thread ◄── GrpcListener.poll() ◄──────────────┘
+                                                          │ GrpcIncomingMessage to oslo
+oslo's executor ◄── plain threads: the loop submits it (`Handoff`, `DirectListener`)
+                    eventlet: a green poll thread reads the `Mailbox` (`GrpcListener.poll`)
 oslo's executor: dispatch to the endpoint, then message.reply(result | failure)
-                                                          │ back to the loop (call_soon_threadsafe)
+                                                          │ back to the loop (`LoopInbox`)
 grpcrpc servicer ◄── Sink.deliver returns / raises ◄───────┘ and answers the caller
 ```
+
+With plain threads (oslo's `threading` executor) the loop hands each message to oslo's executor
+itself, as a driver may (`Listener.start(on_incoming_callback)`): oslo's poll-style adapter
+would add a poll thread between the two, one more cold thread wake-up per message on the
+server's core. Replies come back through a `LoopInbox`, which wakes the loop once for all the
+replies that arrive while it is busy. Under eventlet the executor submits green threads, which
+only a green thread may do, so there oslo's adapter polls the mailbox.
 
 A call's gRPC request stays open until oslo replies, so the reply goes back on the connection the
 request came in on; there is no reply queue. oslo's `msg_id` is the envelope id a trace shows, and
@@ -22,11 +30,13 @@ oslo's threading and eventlet executors both drive it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from oslo_messaging._drivers import base
 from oslo_messaging._drivers import common as rpc_common
@@ -36,13 +46,13 @@ from grpcrpc.deadline import Incoming, current_message, set_current_message
 from grpcrpc.discovery.base import Registry
 from grpcrpc.exceptions import Overloaded
 from grpcrpc.limits import Limits
-from grpcrpc.oslo._bridge import Bridge, Mailbox, Pending
+from grpcrpc.oslo._bridge import Bridge, LoopInbox, Mailbox, Pending
 from grpcrpc.oslo._wire import CatchAllDispatcher, PrimitiveSerializer, oslo_message, remote_exception
 from grpcrpc.oslo.options import Settings
 from grpcrpc.server import RPCServer
 from grpcrpc.target import Target
 
-__all__ = ["GrpcIncomingMessage", "GrpcListener", "start_server"]
+__all__ = ["DirectListener", "GrpcIncomingMessage", "GrpcListener", "Handoff", "start_server"]
 
 log = logging.getLogger("grpcrpc.oslo")
 
@@ -93,11 +103,22 @@ class GrpcIncomingMessage(base.RpcIncomingMessage):  # type: ignore[misc]
             self._settle(("result", reply))
 
 
-class Sink:
-    """The driver's single endpoint: queues every message for oslo and awaits its reply."""
+class _Box(Protocol):
+    """Where the sink puts a message for oslo: a `Mailbox` (polled) or a `Handoff`."""
 
-    def __init__(self, mailbox: Mailbox[GrpcIncomingMessage], name: str) -> None:
-        self._mailbox = mailbox
+    def put(self, item: GrpcIncomingMessage) -> bool: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> list[GrpcIncomingMessage]: ...
+
+
+class Sink:
+    """The driver's single endpoint: hands every message to oslo and awaits its reply."""
+
+    def __init__(self, box: _Box, inbox: LoopInbox, name: str) -> None:
+        self._box = box
+        self._inbox = inbox
         self._name = name
         self._new_id = ev.id_factory()  # for a message not dispatched by grpcrpc's server
 
@@ -105,16 +126,17 @@ class Sink:
                       ctxt: dict[str, Any], **args: Any) -> Any:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[_Outcome] = loop.create_future()
+        post = self._inbox.post
 
         def settle(outcome: _Outcome) -> None:  # from oslo's threads, once
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
-                loop.call_soon_threadsafe(_resolve, done, outcome)
+                post(_resolve, done, outcome)
 
         # The envelope being dispatched (grpcrpc's servicer makes it ambient around us).
         served = current_message() or Incoming(self._new_id(), method, cast=False, deadline=None)
         incoming = GrpcIncomingMessage(ctxt, oslo_message(namespace, version, method, args),
                                        served, settle)
-        if not self._mailbox.put(incoming):
+        if not self._box.put(incoming):
             # Not dispatched, so the caller may safely send it to another server.
             raise Overloaded(f"{self._name} is stopping")
         kind, value = await done
@@ -132,11 +154,11 @@ def _resolve(done: asyncio.Future[_Outcome], outcome: _Outcome) -> None:
 
 
 async def start_server(settings: Settings, target: Any, exchange: str,
-                       registry: Registry | None, mailbox: Mailbox[GrpcIncomingMessage]
-                       ) -> RPCServer:
-    """Start serving `target` (an oslo Target with topic and server) on the running loop."""
+                       registry: Registry | None, box: _Box, inbox: LoopInbox) -> RPCServer:
+    """Start serving `target` (an oslo Target with topic and server) on the running loop;
+    messages go into `box`, oslo's replies come back through `inbox`."""
     name = f"{target.topic}.{target.server}"
-    sink = Sink(mailbox, name)
+    sink = Sink(box, inbox, name)
     server = RPCServer(
         Target(topic=target.topic, server=target.server, exchange=target.exchange or exchange),
         dispatcher=CatchAllDispatcher(sink),
@@ -159,8 +181,37 @@ async def start_server(settings: Settings, target: Any, exchange: str,
     return server
 
 
+class _Serving:
+    """The gRPC server behind a listener, stopped as oslo stops a listener (in two steps)."""
+
+    def __init__(self, bridge: Bridge, server: RPCServer, box: _Box, grace: float) -> None:
+        self.server = server
+        self._bridge = bridge
+        self._box = box
+        self._grace = grace
+        self._stopping: Pending[None] | None = None
+
+    def stop(self) -> None:
+        self._box.stop()
+        if self._stopping is None:
+            self._stopping = self._bridge.submit(self.server.stop(self._grace))
+
+    def cleanup(self) -> None:
+        self.stop()
+        assert self._stopping is not None
+        try:
+            self._stopping.wait(self._grace + 10.0)
+        except TimeoutError:
+            log.warning("gRPC server %s did not stop within %.0fs", self.server.address,
+                        self._grace)
+        except Exception:
+            log.exception("stopping gRPC server %s failed", self.server.address)
+        for incoming in self._box.close():
+            incoming.requeue()
+
+
 class GrpcListener(base.PollStyleListener):  # type: ignore[misc]
-    """What oslo's RPC server polls. Stopping is in two steps, as oslo does it:
+    """What oslo's RPC server polls (under eventlet). Stopping is in two steps, as oslo does it:
 
     - `stop()`: withdraw from etcd and refuse new messages (callers go elsewhere); `poll()`
       still hands out what was accepted, then returns nothing.
@@ -172,10 +223,8 @@ class GrpcListener(base.PollStyleListener):  # type: ignore[misc]
                  mailbox: Mailbox[GrpcIncomingMessage], grace: float) -> None:
         super().__init__()
         self.server = server
-        self._bridge = bridge
         self._mailbox = mailbox
-        self._grace = grace
-        self._stopping: Pending[None] | None = None
+        self._serving = _Serving(bridge, server, mailbox, grace)
 
     @base.batch_poll_helper  # type: ignore[untyped-decorator]
     def poll(self, timeout: float | None = None) -> GrpcIncomingMessage | None:
@@ -186,18 +235,103 @@ class GrpcListener(base.PollStyleListener):  # type: ignore[misc]
         return self.server.address
 
     def stop(self) -> None:
-        self._mailbox.stop()
-        if self._stopping is None:
-            self._stopping = self._bridge.submit(self.server.stop(self._grace))
+        self._serving.stop()
 
     def cleanup(self) -> None:
-        self.stop()
-        assert self._stopping is not None
+        self._serving.cleanup()
+
+
+class Handoff:
+    """Messages from the loop thread straight into oslo's `on_incoming_callback` (which, with
+    oslo's `threading` executor, only queues the message for the executor's threads).
+
+    Messages that arrive before oslo starts the listener wait here and go first; after `stop()`
+    the callback is never called again (oslo's rule) and `put` says False, so the message is
+    handed back to its caller, who sends it to another server.
+    """
+
+    def __init__(self) -> None:
+        # Held while the callback queues a message, so that `stop()` returning means no
+        # callback is running or will run.
+        self._lock = threading.Lock()
+        self._callback: Callable[[list[GrpcIncomingMessage]], object] | None = None
+        self._early: collections.deque[GrpcIncomingMessage] = collections.deque()
+        self._stopping = False
+
+    def start(self, callback: Callable[[list[GrpcIncomingMessage]], object]) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            while self._early:
+                incoming = self._early.popleft()
+                if not self._hand(callback, incoming):
+                    incoming.requeue()
+            self._callback = callback
+
+    def put(self, incoming: GrpcIncomingMessage) -> bool:
+        with self._lock:
+            if self._stopping:
+                return False
+            callback = self._callback
+            if callback is None:
+                self._early.append(incoming)
+                return True
+            return self._hand(callback, incoming)
+
+    @staticmethod
+    def _hand(callback: Callable[[list[GrpcIncomingMessage]], object],
+              incoming: GrpcIncomingMessage) -> bool:
         try:
-            self._stopping.wait(self._grace + 10.0)
-        except TimeoutError:
-            log.warning("gRPC server %s did not stop within %.0fs", self.address, self._grace)
-        except Exception:
-            log.exception("stopping gRPC server %s failed", self.address)
-        for incoming in self._mailbox.close():
-            incoming.requeue()
+            callback([incoming])
+        except Exception as err:  # oslo's executor refused it (shut down): it never ran
+            log.warning("oslo's executor refused message %s (%s: %s); handed back to its "
+                        "caller", incoming.msg_id, type(err).__name__, err)
+            return False
+        return True
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._callback = None
+
+    def close(self) -> list[GrpcIncomingMessage]:
+        """Stop; the messages oslo never got (the caller hands them back)."""
+        with self._lock:
+            self._stopping = True
+            self._callback = None
+            left = list(self._early)
+            self._early.clear()
+        return left
+
+
+class DirectListener(base.Listener):  # type: ignore[misc]
+    """The listener for oslo's `threading` executor: the driver's loop hands each message to
+    oslo itself (`Handoff`), with no poll thread in between. Stops as `GrpcListener` does."""
+
+    def __init__(self, bridge: Bridge, server: RPCServer, handoff: Handoff, grace: float,
+                 batch_size: int, batch_timeout: float | None) -> None:
+        super().__init__(batch_size, batch_timeout)
+        self.server = server
+        self._handoff = handoff
+        self._serving = _Serving(bridge, server, handoff, grace)
+
+    @property
+    def _poll_style_listener(self) -> DirectListener:
+        # Where tools and tests read the server's address, as from a poll-style adapter.
+        return self
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def start(self, on_incoming_callback: Callable[[list[GrpcIncomingMessage]], object]
+              ) -> None:
+        super().start(on_incoming_callback)
+        self._handoff.start(on_incoming_callback)
+
+    def stop(self) -> None:
+        self._serving.stop()
+        super().stop()
+
+    def cleanup(self) -> None:
+        self._serving.cleanup()

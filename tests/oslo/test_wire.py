@@ -14,7 +14,8 @@ from oslo_messaging._drivers import common as rpc_common
 from oslo_serialization import jsonutils
 
 from grpcrpc import envelope as ev
-from grpcrpc.oslo._bridge import Bridge, Mailbox, ThreadWorld
+from grpcrpc.deadline import Incoming
+from grpcrpc.oslo._bridge import Bridge, LoopInbox, Mailbox, ThreadWorld
 from grpcrpc.oslo._wire import (
     CatchAllDispatcher,
     PrimitiveSerializer,
@@ -22,6 +23,7 @@ from grpcrpc.oslo._wire import (
     oslo_message,
     remote_exception,
 )
+from grpcrpc.oslo.listener import GrpcIncomingMessage, Handoff
 from tests.oslo.endpoints import MODULE, AppError
 
 
@@ -120,6 +122,85 @@ def test_mailbox_hands_over_in_order_then_closes() -> None:
     assert [box.get(), box.get(), box.get()] == [2, 3, None]
     assert not box.put(4)  # closed: the loop refuses the message instead of losing it
     assert box.close() == []
+
+
+def _incoming(n: int, outcomes: list[tuple[int, str]]) -> GrpcIncomingMessage:
+    """A message as the sink makes it; its outcome (reply or requeue) is noted in `outcomes`."""
+    return GrpcIncomingMessage({}, oslo_message(None, None, "ping", {"n": n}),
+                               Incoming(f"m{n}", "ping", cast=False, deadline=None),
+                               lambda outcome: outcomes.append((n, outcome[0])))
+
+
+def _numbers(batch: list[GrpcIncomingMessage]) -> list[int]:
+    return [m.message["args"]["n"] for m in batch]
+
+
+def test_handoff_gives_early_messages_first_then_each_at_once_and_none_after_stop() -> None:
+    outcomes: list[tuple[int, str]] = []
+    box = Handoff()
+    assert box.put(_incoming(1, outcomes)) and box.put(_incoming(2, outcomes))  # they wait
+    got: list[int] = []
+    box.start(lambda batch: got.extend(_numbers(batch)))
+    assert got == [1, 2]  # oslo started the listener: the early ones first, in order
+    assert box.put(_incoming(3, outcomes)) and got == [1, 2, 3]  # straight to the callback
+    box.stop()
+    assert not box.put(_incoming(4, outcomes))  # refused: its caller sends it elsewhere
+    assert got == [1, 2, 3] and box.close() == [] and outcomes == []
+
+
+def test_handoff_refused_by_the_executor_is_handed_back() -> None:
+    def shut_down(batch: list[GrpcIncomingMessage]) -> None:
+        raise RuntimeError("Can not schedule new futures after being shutdown")
+
+    outcomes: list[tuple[int, str]] = []
+    box = Handoff()
+    assert box.put(_incoming(1, outcomes))
+    box.start(shut_down)
+    assert outcomes == [(1, "requeue")]  # never ran: its caller hears "not accepted"
+    assert not box.put(_incoming(2, outcomes))
+    closing = Handoff()
+    unread = _incoming(3, outcomes)
+    assert closing.put(unread)
+    assert closing.close() == [unread]  # never started: the listener's cleanup requeues it
+
+
+def test_loop_inbox_runs_posts_in_order_with_one_wake_up() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        wakes: list[int] = []
+        real = loop.call_soon_threadsafe
+
+        def counting(*args: Any) -> Any:
+            wakes.append(1)
+            return real(*args)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
+        inbox = LoopInbox(loop, threading.Lock())
+        seen: list[int] = []
+
+        def post_from_threads() -> None:
+            threads = [threading.Thread(target=inbox.post, args=(seen.append, i))
+                       for i in range(20)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        post_from_threads()  # the loop is not running: all 20 wait for one wake-up
+        loop.run_until_complete(asyncio.sleep(0))
+        assert sorted(seen) == list(range(20)) and len(wakes) == 1
+
+        def bad(_: int) -> None:
+            raise ValueError("one bad callback")
+
+        inbox.post(bad, 0)
+        inbox.post(seen.append, 99)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert seen[-1] == 99  # the bad one was logged, the next still ran
+    finally:
+        loop.close()
+    with pytest.raises(RuntimeError):
+        inbox.post(seen.append, 100)  # a closed loop: the poster hears it
 
 
 def test_bridge_runs_coroutines_and_blocking_calls() -> None:
