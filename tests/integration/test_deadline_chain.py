@@ -160,8 +160,10 @@ def test_a_thread_at_the_end_of_the_chain_sees_its_deadline_pass(chain: Chain) -
     """A thread cannot be cancelled: `remaining_time()` is what tells it to stop."""
     tag = f"thread-thread-{uuid.uuid4().hex[:8]}"
     deadline, a_raised = _call_sync(chain, "relay_sync", "wait_sync", tag)
-    wait_until(lambda: chain.event(tag, "c", "deadline_passed"), 10,
-               f"C to see its deadline pass ({chain.read(tag)})")
+    # B and C are separate processes: their events land in either order.
+    wait_until(lambda: chain.event(tag, "c", "deadline_passed")
+               and chain.event(tag, "b", "gave_up"), 10,
+               f"C to see its deadline pass and B to give up ({chain.read(tag)})")
     c_saw = chain.event(tag, "c", "deadline_passed")
     b_gave_up = chain.event(tag, "b", "gave_up")
     assert c_saw and b_gave_up
