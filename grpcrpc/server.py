@@ -196,6 +196,16 @@ class RPCServer:
         await self._stopped.wait()
 
     @property
+    def stopping(self) -> bool:
+        """Whether `stop()` has begun: new messages are refused from then on."""
+        return self._servicer.stopping
+
+    @property
+    def busy(self) -> int:
+        """Messages admitted and not finished yet (a cast counts until its endpoint returns)."""
+        return self._servicer.busy
+
+    @property
     def address(self) -> str:
         """The advertised `host:port` (after `start()`)."""
         if self.endpoint is None:

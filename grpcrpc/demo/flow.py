@@ -17,7 +17,7 @@ from grpcrpc.demo.cluster import Cluster, Plan, Worker
 from grpcrpc.demo.collector import Collector, conductor_span
 from grpcrpc.demo.console import Console, StepFailed, wait_until
 from grpcrpc.discovery.etcd import EtcdResolver
-from grpcrpc.exceptions import DeliveryError, GrpcrpcError
+from grpcrpc.exceptions import DeliveryError, GrpcrpcError, RemoteError
 from grpcrpc.fanout import FanoutReport
 from grpcrpc.target import Target
 from grpcrpc.transport.base import TransportOptions
@@ -121,8 +121,7 @@ class Demo:
         with conductor_span("conductor build_instances vm-1") as trace_id:
             self.out.step("conductor -> scheduler (az1): call select_destinations")
             t0 = time.perf_counter()
-            [dest] = scheduler.call(self.ctxt, "select_destinations",
-                                    spec={"flavor": "m1.small", "vcpus": 1})
+            [dest] = self.select_destinations(scheduler)
             host = dest["host"]
             self.out.line(f"{dest['scheduler']} chose {host} "
                           f"({(time.perf_counter() - t0) * 1000:.1f} ms round trip)")
@@ -144,6 +143,28 @@ class Demo:
                       f"({(time.perf_counter() - t0) * 1000:.1f} ms after the cast)")
         self.out.check(ok, f"{host} should have built vm-1")
         self.traces.append((trace_id, "build vm-1 in az1 (steps 3 and 4)", 5))
+
+    def select_destinations(self, scheduler: RPCClient) -> list[dict[str, str]]:
+        """The az1 scheduler's choice. It picks from its own etcd watch of the computes, which
+        may not list a compute that registered a moment ago yet (a process that is still
+        starting on a busy machine): then say so and ask again, for a few seconds."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                dests: list[dict[str, str]] = scheduler.call(
+                    self.ctxt, "select_destinations", spec={"flavor": "m1.small", "vcpus": 1})
+                return dests
+            except RemoteError as err:
+                if err.exc_type != "NoValidHost" or not self.live("az1", "compute"):
+                    raise
+                if time.monotonic() > deadline:
+                    schedulers = self.live("az1", "scheduler")
+                    tail = schedulers[0].log_tail() if schedulers else "(no scheduler running)"
+                    raise StepFailed(f"the az1 scheduler still lists no compute 5 s after they "
+                                     f"registered; its log ends with:\n{tail}") from err
+                self.out.line("the scheduler's table had no compute of az1 yet (its etcd watch "
+                              "had not caught up): asking again")
+                time.sleep(0.1)
 
     def fanout(self, title: str) -> tuple[bytes, FanoutReport]:
         """A fanout to every compute of az1, under a conductor span; (trace id, report)."""

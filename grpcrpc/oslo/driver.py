@@ -238,7 +238,7 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
         coro = start_server(self._settings, target, self._default_exchange or "openstack",
                             proc.registry(), box, proc.bridge.inbox)
         try:
-            server = proc.bridge.run(coro)
+            server, sink = proc.bridge.run(coro)
         except gx.GrpcrpcError as err:
             if rabbit is not None:
                 rabbit.cleanup()
@@ -246,11 +246,11 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
         listener: GrpcListener | DirectListener
         adapter: Any
         if isinstance(box, Handoff):
-            listener = adapter = DirectListener(proc.bridge, server, box,
+            listener = adapter = DirectListener(proc.bridge, server, sink,
                                                 self._settings.stop_grace, batch_size,
                                                 batch_timeout)
         else:
-            listener = GrpcListener(proc.bridge, server, box, self._settings.stop_grace)
+            listener = GrpcListener(proc.bridge, server, sink, self._settings.stop_grace)
             adapter = base.PollStyleListenerAdapter(listener, batch_size, batch_timeout)
         with self._lock:
             proc.listeners.append(listener)

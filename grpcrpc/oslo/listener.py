@@ -117,10 +117,22 @@ class Sink:
     """The driver's single endpoint: hands every message to oslo and awaits its reply."""
 
     def __init__(self, box: _Box, inbox: LoopInbox, name: str) -> None:
-        self._box = box
+        self.box = box
         self._inbox = inbox
         self._name = name
         self._new_id = ev.id_factory()  # for a message not dispatched by grpcrpc's server
+        self._held = 0  # messages in oslo's hands, not answered yet (loop thread only)
+
+    async def hold_all_admitted(self, server: RPCServer, timeout: float) -> bool:
+        """Once `server` refuses new messages: wait until every message it admitted before is
+        in oslo's hands (False if `timeout` passed first). Only then may the box close: a cast
+        is answered "accepted" when it is admitted, so one the box refused would be lost."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not server.stopping or server.busy > self._held:
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.001)
+        return True
 
     async def deliver(self, namespace: str | None, version: str | None, method: str,
                       ctxt: dict[str, Any], **args: Any) -> Any:
@@ -136,10 +148,14 @@ class Sink:
         served = current_message() or Incoming(self._new_id(), method, cast=False, deadline=None)
         incoming = GrpcIncomingMessage(ctxt, oslo_message(namespace, version, method, args),
                                        served, settle)
-        if not self._box.put(incoming):
+        if not self.box.put(incoming):
             # Not dispatched, so the caller may safely send it to another server.
             raise Overloaded(f"{self._name} is stopping")
-        kind, value = await done
+        self._held += 1
+        try:
+            kind, value = await done
+        finally:
+            self._held -= 1
         if kind == "result":
             return value
         if kind == "failure":
@@ -154,11 +170,11 @@ def _resolve(done: asyncio.Future[_Outcome], outcome: _Outcome) -> None:
 
 
 async def start_server(settings: Settings, target: Any, exchange: str,
-                       registry: Registry | None, box: _Box, inbox: LoopInbox) -> RPCServer:
+                       registry: Registry | None, box: _Box, inbox: LoopInbox
+                       ) -> tuple[RPCServer, Sink]:
     """Start serving `target` (an oslo Target with topic and server) on the running loop;
     messages go into `box`, oslo's replies come back through `inbox`."""
-    name = f"{target.topic}.{target.server}"
-    sink = Sink(box, inbox, name)
+    sink = Sink(box, inbox, f"{target.topic}.{target.server}")
     server = RPCServer(
         Target(topic=target.topic, server=target.server, exchange=target.exchange or exchange),
         dispatcher=CatchAllDispatcher(sink),
@@ -178,23 +194,44 @@ async def start_server(settings: Settings, target: Any, exchange: str,
         rabbit=settings.rabbit_url is not None,  # bridge mode: it consumes RabbitMQ too
     )
     await server.start()
-    return server
+    return server, sink
+
+
+# How long a stopping listener waits for the messages its server admitted to reach oslo: they
+# are on their way through the loop, which takes milliseconds unless the process is starved.
+_HOLD_ADMITTED_S = 5.0
 
 
 class _Serving:
     """The gRPC server behind a listener, stopped as oslo stops a listener (in two steps)."""
 
-    def __init__(self, bridge: Bridge, server: RPCServer, box: _Box, grace: float) -> None:
+    def __init__(self, bridge: Bridge, server: RPCServer, sink: Sink, grace: float) -> None:
         self.server = server
         self._bridge = bridge
-        self._box = box
+        self._sink = sink
+        self._box = sink.box
         self._grace = grace
         self._stopping: Pending[None] | None = None
 
     def stop(self) -> None:
-        self._box.stop()
-        if self._stopping is None:
+        if self._stopping is not None:
+            self._box.stop()
+            return
+        # First the server refuses new messages (callers send them elsewhere); what it
+        # admitted before goes to oslo; only then does the box close.
+        try:
             self._stopping = self._bridge.submit(self.server.stop(self._grace))
+            held = self._bridge.submit(self._sink.hold_all_admitted(self.server,
+                                                                   _HOLD_ADMITTED_S))
+            try:
+                held_all = held.wait(_HOLD_ADMITTED_S + 1.0)
+            except TimeoutError:
+                held_all = False
+            if not held_all:
+                log.warning("gRPC server %s: messages admitted before it stopped did not reach "
+                            "oslo within %.0fs", self.server.address, _HOLD_ADMITTED_S)
+        finally:
+            self._box.stop()
 
     def cleanup(self) -> None:
         self.stop()
@@ -219,12 +256,12 @@ class GrpcListener(base.PollStyleListener):  # type: ignore[misc]
       message nobody polled is handed back to its caller as not dispatched.
     """
 
-    def __init__(self, bridge: Bridge, server: RPCServer,
-                 mailbox: Mailbox[GrpcIncomingMessage], grace: float) -> None:
+    def __init__(self, bridge: Bridge, server: RPCServer, sink: Sink, grace: float) -> None:
         super().__init__()
         self.server = server
-        self._mailbox = mailbox
-        self._serving = _Serving(bridge, server, mailbox, grace)
+        assert isinstance(sink.box, Mailbox)
+        self._mailbox: Mailbox[GrpcIncomingMessage] = sink.box
+        self._serving = _Serving(bridge, server, sink, grace)
 
     @base.batch_poll_helper  # type: ignore[untyped-decorator]
     def poll(self, timeout: float | None = None) -> GrpcIncomingMessage | None:
@@ -308,12 +345,13 @@ class DirectListener(base.Listener):  # type: ignore[misc]
     """The listener for oslo's `threading` executor: the driver's loop hands each message to
     oslo itself (`Handoff`), with no poll thread in between. Stops as `GrpcListener` does."""
 
-    def __init__(self, bridge: Bridge, server: RPCServer, handoff: Handoff, grace: float,
+    def __init__(self, bridge: Bridge, server: RPCServer, sink: Sink, grace: float,
                  batch_size: int, batch_timeout: float | None) -> None:
         super().__init__(batch_size, batch_timeout)
         self.server = server
-        self._handoff = handoff
-        self._serving = _Serving(bridge, server, handoff, grace)
+        assert isinstance(sink.box, Handoff)
+        self._handoff = sink.box
+        self._serving = _Serving(bridge, server, sink, grace)
 
     @property
     def _poll_style_listener(self) -> DirectListener:
