@@ -352,21 +352,20 @@ class _KeepAliveStream:
     def renew(self, timeout: float) -> int:
         self._requests.put(etcdrpc.LeaseKeepAliveRequest(ID=self.lease_id))
         guard = WATCHDOG.watch(self._call, timeout)
-        late = False
         try:
             answer = next(self._call)
-        except StopIteration:
+        except BaseException as exc:
             self.alive = False
-            raise Unavailable("keepalive stream ended") from None
-        except grpc.RpcError as exc:
-            self.alive = False
-            if WATCHDOG.release(guard):
-                raise Unavailable(f"no keepalive answer within {timeout:.1f}s") from None
-            raise _failure(exc) from exc
-        finally:
             late = WATCHDOG.release(guard)
-        if late:  # answered as the watchdog cancelled it: the answer holds, the stream not
-            self.alive = False
+            if isinstance(exc, StopIteration):
+                raise Unavailable("keepalive stream ended") from None
+            if isinstance(exc, grpc.RpcError):
+                if late:
+                    raise Unavailable(f"no keepalive answer within {timeout:.1f}s") from None
+                raise _failure(exc) from exc
+            raise
+        if WATCHDOG.release(guard):  # answered as the watchdog cancelled it: the answer holds,
+            self.alive = False       # the stream does not
         return int(answer.TTL)
 
     def close(self) -> None:

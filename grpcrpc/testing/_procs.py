@@ -1,5 +1,5 @@
 """What the test servers (`grpcrpc.testing.etcd`, `grpcrpc.testing.rabbit`) share: a free
-loopback port, and ending a child process and its temp dir."""
+loopback port, the end of a child's log, and ending a child process and its temp dir."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 
-__all__ = ["end_process", "free_port"]
+__all__ = ["end_process", "free_port", "log_tail"]
 
 
 def free_port() -> int:
@@ -25,3 +25,12 @@ def end_process(proc: subprocess.Popen[bytes] | None, workdir: str | None) -> No
         proc.wait()
     if workdir is not None:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def log_tail(path: str, lines: int = 30) -> str:
+    """The last `lines` lines of a child's log file, for an error message."""
+    try:
+        with open(path, "rb") as f:
+            return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
+    except OSError:
+        return "(no log)"

@@ -32,7 +32,7 @@ import urllib.request
 import weakref
 from collections.abc import Sequence
 
-from grpcrpc.testing._procs import end_process, free_port
+from grpcrpc.testing._procs import end_process, free_port, log_tail
 
 __all__ = ["EtcdCluster", "EtcdError", "EtcdProxy", "EtcdServer"]
 
@@ -332,11 +332,7 @@ class EtcdServer:
         return self._get("/metrics", 30.0).decode()  # a busy etcd is slow to render it
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -471,11 +467,7 @@ class EtcdProxy:
             return bytes(resp.read()).decode()
 
     def _log_tail(self, lines: int = 30) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def close(self) -> None:
         self._finalizer()

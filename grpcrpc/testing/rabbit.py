@@ -25,7 +25,7 @@ import time
 import uuid
 import weakref
 
-from grpcrpc.testing._procs import end_process, free_port
+from grpcrpc.testing._procs import end_process, free_port, log_tail
 
 __all__ = ["RabbitError", "RabbitServer", "rabbitmq_installed"]
 
@@ -222,11 +222,7 @@ class RabbitServer:
         self._finalizer()
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def __enter__(self) -> RabbitServer:
         return self.start()
