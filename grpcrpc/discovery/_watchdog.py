@@ -59,6 +59,17 @@ class Watchdog:
                 self._cond.notify()  # a nearer deadline than the one it sleeps toward
         return guard
 
+    def renew_lock(self) -> None:
+        """Make the lock again, from `threading` as it is now; only before the first `watch()`.
+
+        For `grpcrpc.oslo._eventlet`: this module is imported (and `WATCHDOG` made) while
+        eventlet has `threading` green, and only later pointed back at the native module. A
+        green lock shared by native threads stalls them: registries' renewals and closes
+        waited up to 20 s on it."""
+        with self._cond:  # a first watch() under way finishes with the old one
+            if self._thread is None:
+                self._cond = threading.Condition()
+
     def release(self, guard: Guard) -> bool:
         with self._cond:
             guard.done = True
