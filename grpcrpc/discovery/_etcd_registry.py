@@ -224,6 +224,7 @@ class EtcdRegistry(Registry):
                 if isinstance(exc, ec.AuthFailed) and self._session is not None:
                     self._session.close()  # the next session authenticates afresh
                     self._session = None
+                delay = self._before_the_lease_ends(delay)
             else:
                 if failing_since is not None:
                     log.info("etcd registry recovered after %.1fs: %d key(s) under lease %x",
@@ -279,6 +280,17 @@ class EtcdRegistry(Registry):
         except ec.EtcdFailure:
             self._verify = True
             raise
+
+    def _before_the_lease_ends(self, delay: float) -> float:
+        """The retry delay, shortened while the lease still lives: a quarter of what is left of
+        it at most, so that a renewal still has tries left before the end. A full backoff
+        draw (up to `max_backoff`, 5 s) could otherwise sleep through the last seconds of a
+        10 s lease while a new etcd leader was elected (its keys live on: etcd extends every
+        lease at an election, but this registry would have told its server it was gone).
+        Past the end, the plain backoff spreads the storm of a cluster coming back."""
+        with self._cond:
+            left = self._deadline - time.monotonic() if self._lease is not None else 0.0
+        return min(delay, max(0.1, left / 4)) if left > 0 else delay
 
     def _read_back(self, session: ec.Session, lease: int) -> None:
         # After a failure the keys may be gone (etcd restored from an old snapshot, wiped) or
