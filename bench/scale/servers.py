@@ -60,7 +60,6 @@ class Hypervisors:
         # hosts' cores; here every waiting etcd call is a thread that grpc's blocking API wakes
         # 5-10 times a second on the same 2 cores, so an unpaced process starves etcd itself.
         self.pace = a.get("pace", 8)
-        self.endpoints: list[str] = a["endpoints"]
         self.log = count_registry_logs()
         self.receipts = Receipts()
         self.servers: dict[str, Any] = {}
