@@ -85,6 +85,9 @@ def serve(url: str, topic: str, name: str) -> None:
     transport.cleanup()
 
 
+MANY_POOL = 4  # executor threads per server of a serve-many process
+
+
 class Arrivals:
     """Shared by every server of a serve-many process: when each consumed fanout `seq`, and
     how many `consume` casts they consumed in all."""
@@ -119,13 +122,17 @@ def serve_many(url: str, topic: str, count: str) -> None:
     import oslo_messaging
     from oslo_config import cfg
 
+    # oslo's threading executor (futurist) starts a thread per message until it has
+    # `executor_thread_pool_size` (64) per server: 100 servers in one process grew ~4,800
+    # threads within a few fanouts and then answered nothing for minutes, over RabbitMQ and
+    # gRPC alike. A service runs one server per process; here each of the many gets 4.
     transport = oslo_messaging.get_rpc_transport(cfg.CONF, url=url)
     arrivals = Arrivals()
     servers = [oslo_messaging.get_rpc_server(
         transport, oslo_messaging.Target(topic=topic, server=f"w{i}"), [arrivals],
         executor="threading") for i in range(int(count))]
     for server in servers:
-        server.start()
+        server.start(override_pool_size=MANY_POOL)
     print("READY", flush=True)
     sys.stdin.read()
     for server in servers:
