@@ -148,23 +148,26 @@ class Demo:
         """The az1 scheduler's choice. It picks from its own etcd watch of the computes, which
         may not list a compute that registered a moment ago yet (a process that is still
         starting on a busy machine): then say so and ask again, for a few seconds."""
-        deadline = time.monotonic() + 5.0
-        while True:
+        dests: list[dict[str, str]] = []
+
+        def chosen() -> bool:
             try:
-                dests: list[dict[str, str]] = scheduler.call(
-                    self.ctxt, "select_destinations", spec={"flavor": "m1.small", "vcpus": 1})
-                return dests
+                dests[:] = scheduler.call(self.ctxt, "select_destinations",
+                                          spec={"flavor": "m1.small", "vcpus": 1})
+                return True
             except RemoteError as err:
                 if err.exc_type != "NoValidHost" or not self.live("az1", "compute"):
                     raise
-                if time.monotonic() > deadline:
-                    schedulers = self.live("az1", "scheduler")
-                    tail = schedulers[0].log_tail() if schedulers else "(no scheduler running)"
-                    raise StepFailed(f"the az1 scheduler still lists no compute 5 s after they "
-                                     f"registered; its log ends with:\n{tail}") from err
-                self.out.line("the scheduler's table had no compute of az1 yet (its etcd watch "
-                              "had not caught up): asking again")
-                time.sleep(0.1)
+            self.out.line("the scheduler's table had no compute of az1 yet (its etcd watch had "
+                          "not caught up): asking again")
+            return False
+
+        if not wait_until(chosen, 5.0, 0.1):
+            schedulers = self.live("az1", "scheduler")
+            tail = schedulers[0].log_tail() if schedulers else "(no scheduler running)"
+            raise StepFailed(f"the az1 scheduler still lists no compute 5 s after they "
+                             f"registered; its log ends with:\n{tail}")
+        return dests
 
     def fanout(self, title: str) -> tuple[bytes, FanoutReport]:
         """A fanout to every compute of az1, under a conductor span; (trace id, report)."""

@@ -214,24 +214,24 @@ class _Serving:
         self._stopping: Pending[None] | None = None
 
     def stop(self) -> None:
-        if self._stopping is not None:
-            self._box.stop()
-            return
         # First the server refuses new messages (callers send them elsewhere); what it
         # admitted before goes to oslo; only then does the box close.
         try:
-            self._stopping = self._bridge.submit(self.server.stop(self._grace))
-            held = self._bridge.submit(self._sink.hold_all_admitted(self.server,
-                                                                   _HOLD_ADMITTED_S))
-            try:
-                held_all = held.wait(_HOLD_ADMITTED_S + 1.0)
-            except TimeoutError:
-                held_all = False
-            if not held_all:
-                log.warning("gRPC server %s: messages admitted before it stopped did not reach "
-                            "oslo within %.0fs", self.server.address, _HOLD_ADMITTED_S)
+            if self._stopping is None:
+                self._stopping = self._bridge.submit(self.server.stop(self._grace))
+                self._hold_admitted()
         finally:
             self._box.stop()
+
+    def _hold_admitted(self) -> None:
+        held = self._bridge.submit(self._sink.hold_all_admitted(self.server, _HOLD_ADMITTED_S))
+        try:
+            held_all = held.wait(_HOLD_ADMITTED_S + 1.0)
+        except TimeoutError:
+            held_all = False
+        if not held_all:
+            log.warning("gRPC server %s: messages admitted before it stopped did not reach oslo "
+                        "within %.0fs", self.server.address, _HOLD_ADMITTED_S)
 
     def cleanup(self) -> None:
         self.stop()
