@@ -18,9 +18,12 @@ True
 
 from __future__ import annotations
 
+import collections
 import functools
 import queue
 import random
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -32,7 +35,6 @@ from pyetcd import events as pyetcd_events
 from pyetcd import exceptions as pyetcd_exc
 from pyetcd import transactions as pyetcd_txn
 
-from grpcrpc.discovery._watchdog import WATCHDOG
 from grpcrpc.exceptions import DiscoveryUnavailable
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ __all__ = [
     "AuthFailed",
     "Backoff",
     "Compacted",
+    "Connection",
     "DiscoveryUnavailable",
     "EtcdFailure",
     "LeaseNotFound",
@@ -233,6 +236,7 @@ class Session:
         self.timeout = timeout or config.timeout
         self._client = make_client(config, self.timeout)
         self._keepalive: _KeepAliveStream | None = None
+        self._keepalive_lock = threading.Lock()
 
     @_mapped
     def grant(self, ttl: int) -> tuple[int, int]:
@@ -241,28 +245,25 @@ class Session:
         return int(lease.id), int(lease.ttl)
 
     def keepalive(self, lease_id: int, timeout: float | None = None) -> int:
-        """Renew the lease on this session's long-lived keepalive stream; returns the TTL,
-        <= 0 when etcd no longer has the lease.
+        """Renew the lease on this session's keepalive stream; returns the TTL, <= 0 when etcd
+        no longer has the lease.
 
-        One stream per lease (and so per process) for its whole life costs etcd about half
-        the CPU of a stream per renewal, and a renewal never queues behind other leases'.
+        One long-lived stream carries the renewals of every lease of the session (as etcd's
+        own clientv3 does): a stream per renewal costs etcd about twice the CPU, and a stream
+        per lease costs a process that holds many leases a grpc thread each.
         """
         stream = self._keepalive
-        if stream is None or stream.lease_id != lease_id or not stream.alive:
-            if stream is not None:
-                stream.close()
+        if stream is None or not stream.alive:
             # A unary call first: it checks the lease, and through pyetcd's error handling it
             # fails over to another endpoint when this one is down (a raw stream would not).
             ttl = self.time_to_live(lease_id)
             if ttl <= 0:
                 return ttl
-            stream = self._keepalive = _KeepAliveStream(self._client, lease_id)
-        try:
-            return stream.renew(timeout or self.timeout)
-        except EtcdFailure:
-            stream.close()
-            self._keepalive = None
-            raise
+            with self._keepalive_lock:
+                stream = self._keepalive
+                if stream is None or not stream.alive:
+                    stream = self._keepalive = _KeepAliveStream(self._client)
+        return stream.renew(lease_id, timeout or self.timeout)
 
     @_mapped
     def time_to_live(self, lease_id: int) -> int:
@@ -333,14 +334,65 @@ class Session:
         self._client.close()
 
 
-class _KeepAliveStream:
-    """A LeaseKeepAlive stream held open for one lease: a request per renewal, whose answer the
-    renewing thread reads itself under the process's `WATCHDOG` (grpc's blocking iterator
-    cannot time out, and a standing reader thread would wake ten times a second)."""
+class Connection:
+    """The session that every registry given this connection uses (public as
+    `grpcrpc.discovery.etcd.EtcdConnection`): one channel to the cluster and one keepalive stream
+    for all their leases, as etcd's clientv3 shares one client. Made on first use; after an
+    authentication failure the next user makes a fresh one (a new token)."""
 
-    def __init__(self, client: Any, lease_id: int) -> None:
-        self.lease_id = lease_id
+    def __init__(self, config: EtcdConfig, timeout: float | None = None) -> None:
+        self.config = config
+        self.timeout = timeout or config.timeout
+        self._lock = threading.Lock()
+        self._session: Session | None = None
+        self._closed = False
+
+    def session(self) -> Session:
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the etcd connection is closed")
+            if self._session is None:
+                self._session = Session(self.config, self.timeout)
+            return self._session
+
+    def discard(self, session: Session) -> None:
+        """`session` failed authentication: close it; the next `session()` makes another."""
+        with self._lock:
+            if self._session is session:
+                self._session = None
+        session.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+
+class _Renewal:
+    """One renewal waiting for its answer."""
+
+    __slots__ = ("answered", "failure", "ttl")
+
+    def __init__(self) -> None:
+        self.answered = threading.Event()
+        self.ttl = 0
+        self.failure: EtcdFailure | None = None
+
+
+class _KeepAliveStream:
+    """A LeaseKeepAlive stream held open for every lease of a session: a request per renewal,
+    and one reader thread that hands each answer (it names its lease) to the renewal waiting
+    for it. A renewal that is not answered in time ends the stream if nothing else was answered
+    meanwhile either (a silent stream is dead, or as good as: the next renewal opens a new one
+    after a unary check that fails over); when the stream ends, every waiting renewal fails."""
+
+    def __init__(self, client: Any) -> None:
         self.alive = True
+        self._lock = threading.Lock()
+        self._waiting: dict[int, collections.deque[_Renewal]] = {}
+        self._last_answer = time.monotonic()
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         try:
             self._call = client.leasestub.LeaseKeepAlive(
@@ -348,30 +400,62 @@ class _KeepAliveStream:
                 credentials=client.call_credentials, metadata=client.metadata)
         except (grpc.RpcError, pyetcd_exc.Etcd3Exception, ValueError) as exc:
             raise _failure(exc) from exc
+        threading.Thread(target=self._read, name="grpcrpc-etcd-keepalive", daemon=True).start()
 
-    def renew(self, timeout: float) -> int:
-        self._requests.put(etcdrpc.LeaseKeepAliveRequest(ID=self.lease_id))
-        guard = WATCHDOG.watch(self._call, timeout)
+    def renew(self, lease_id: int, timeout: float) -> int:
+        renewal = _Renewal()
+        sent = time.monotonic()
+        with self._lock:
+            if not self.alive:
+                raise Unavailable("keepalive stream ended")
+            self._waiting.setdefault(lease_id, collections.deque()).append(renewal)
+            self._requests.put(etcdrpc.LeaseKeepAliveRequest(ID=lease_id))
+        if not renewal.answered.wait(timeout):
+            with self._lock:
+                waiting = self._waiting.get(lease_id)
+                if waiting is not None and renewal in waiting:
+                    waiting.remove(renewal)
+                    if not waiting:
+                        del self._waiting[lease_id]
+                silent = self._last_answer < sent
+            if not renewal.answered.is_set():  # else answered as we gave up: it holds
+                if silent:
+                    self.close()
+                raise Unavailable(f"no keepalive answer within {timeout:.1f}s")
+        if renewal.failure is not None:
+            raise renewal.failure
+        return renewal.ttl
+
+    def _read(self) -> None:
+        failure: EtcdFailure = Unavailable("keepalive stream ended")
         try:
-            answer = next(self._call)
-        except BaseException as exc:
+            for answer in self._call:
+                with self._lock:
+                    self._last_answer = time.monotonic()
+                    waiting = self._waiting.get(int(answer.ID))
+                    renewal = waiting.popleft() if waiting else None
+                    if waiting is not None and not waiting:
+                        del self._waiting[int(answer.ID)]
+                if renewal is not None:
+                    renewal.ttl = int(answer.TTL)
+                    renewal.answered.set()
+        except grpc.RpcError as exc:
+            failure = (Unavailable("keepalive stream closed")
+                       if exc.code() == grpc.StatusCode.CANCELLED else _failure(exc))
+        except Exception as exc:  # the reader must never die without failing its waiters
+            failure = _failure(exc)
+        with self._lock:
             self.alive = False
-            late = WATCHDOG.release(guard)
-            if isinstance(exc, StopIteration):
-                raise Unavailable("keepalive stream ended") from None
-            if isinstance(exc, grpc.RpcError):
-                if late:
-                    raise Unavailable(f"no keepalive answer within {timeout:.1f}s") from None
-                raise _failure(exc) from exc
-            raise
-        if WATCHDOG.release(guard):  # answered as the watchdog cancelled it: the answer holds,
-            self.alive = False       # the stream does not
-        return int(answer.TTL)
+            waiting_all, self._waiting = self._waiting, {}
+        for waiting in waiting_all.values():
+            for renewal in waiting:
+                renewal.failure = failure
+                renewal.answered.set()
 
     def close(self) -> None:
         self.alive = False
         self._requests.put(None)  # ends the request iterator grpc's thread is blocked on
-        self._call.cancel()
+        self._call.cancel()  # the reader sees CANCELLED and fails whoever still waits
 
 
 class Backoff:

@@ -34,7 +34,10 @@ class EtcdRegistry(Registry):
     """Announces a server's endpoints in etcd, under one lease kept alive for ever.
 
     One lease per registry (share one registry between the servers of a process), TTL `ttl`
-    seconds, renewed every TTL/3 by a daemon thread on its own keepalive stream. When a renewal
+    seconds, renewed every TTL/3 by a daemon thread on its connection's keepalive stream. A
+    registry makes its own connection to etcd unless given one: registries that share an
+    `EtcdConnection` share its channel and one keepalive stream for all their leases (a process
+    that must hold many leases: a host's agents in one process, a simulated region). When a renewal
     fails, the thread retries with jittered, capped exponential backoff (`max_backoff`, default
     min(5 s, TTL/2)) and never gives up; when etcd says the lease is gone (expired during an
     outage, revoked by an operator, etcd restarted empty) it grants a new lease and puts every
@@ -59,12 +62,17 @@ class EtcdRegistry(Registry):
     """
 
     def __init__(self, config: EtcdConfig, ttl: float = 10.0, *,
-                 max_backoff: float | None = None) -> None:
+                 max_backoff: float | None = None,
+                 connection: ec.Connection | None = None) -> None:
         if ttl < 1:
             raise ValueError("ttl must be at least 1 second")
+        if connection is not None and connection.config != config:
+            raise ValueError("the connection is to another etcd config than the registry's")
         self.config = config
         self.ttl = round(ttl)  # etcd counts whole seconds
         self._op_timeout = min(config.timeout, max(1.0, ttl / 3))
+        self._owns_connection = connection is None
+        self._connection = connection or ec.Connection(config, self._op_timeout)
         self._max_backoff = max_backoff or min(5.0, max(0.5, ttl / 2))
         self._cond = threading.Condition()
         self._desired: dict[bytes, bytes] = {}  # what should be in etcd: key -> value
@@ -148,18 +156,18 @@ class EtcdRegistry(Registry):
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(self._op_timeout * 3)
-        lease, session = self._lease, self._session
+        lease = self._lease
         if lease is not None:
             try:
-                (session or ec.Session(self.config, self._op_timeout)).revoke(lease)
+                self._connection.session().revoke(lease)
                 log.info("revoked etcd lease %x", lease)
             except ec.LeaseNotFound:
                 pass  # expired already: its keys are gone
             except ec.EtcdFailure as exc:
                 log.warning("could not revoke etcd lease %x (%s): its keys expire within %ds",
                             lease, exc, self._granted)
-        if session is not None:
-            session.close()
+        if self._owns_connection:
+            self._connection.close()
         with self._cond:
             self._lease, self._session = None, None
             self._stored.clear()
@@ -222,7 +230,7 @@ class EtcdRegistry(Registry):
                 if failing_since is None:
                     failing_since = time.monotonic()
                 if isinstance(exc, ec.AuthFailed) and self._session is not None:
-                    self._session.close()  # the next session authenticates afresh
+                    self._connection.discard(self._session)  # the next one authenticates afresh
                     self._session = None
                 delay = self._before_the_lease_ends(delay)
             else:
@@ -247,9 +255,7 @@ class EtcdRegistry(Registry):
 
     def _cycle(self) -> None:
         """One round: renew (or grant) the lease, then make etcd hold exactly `_desired`."""
-        session = self._session
-        if session is None:
-            session = self._session = ec.Session(self.config, self._op_timeout)
+        session = self._session = self._connection.session()
         now = time.monotonic()
         try:
             if self._lease is None:
@@ -262,6 +268,11 @@ class EtcdRegistry(Registry):
             elif now >= self._next_renewal or self._verify:
                 # Never wait for an answer past the lease's end: its loss must be told then.
                 left = self._deadline - now
+                if left <= 0 and session.time_to_live(self._lease) <= 0:
+                    # Never renew an expired lease on the shared stream: etcd holds a stream's
+                    # renewal of an expired lease until it has revoked it (at most ~1,000
+                    # leases/s), and every other lease's renewal waits behind it.
+                    raise ec.LeaseNotFound(f"lease {self._lease:x} expired")
                 wait = min(self._op_timeout, max(0.05, left)) if left > 0 else None
                 ttl = session.keepalive(self._lease, wait)
                 if ttl <= 0:

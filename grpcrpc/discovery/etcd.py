@@ -7,6 +7,8 @@ cluster (give the resolver a mapping az → `EtcdConfig`) or shares one (a singl
 - `EtcdRegistry` (servers): one lease per registry, kept alive at TTL/3 by one daemon thread.
   Whatever happens to the lease (etcd restart, partition, wipe, `etcdctl lease revoke`), it
   retries forever with jittered backoff, grants a new lease and puts every key again.
+- `EtcdConnection`: one channel and one keepalive stream that many registries of a process share
+  (etcd's clientv3 shares one client the same way); by default each registry makes its own.
 - `EtcdResolver` (clients): lists in pages at one revision, watches from the next, and keeps a
   `RoutingTable` in memory; a broken or compacted watch re-lists. While etcd is unreachable the
   last table stays, so calls keep flowing.
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grpcrpc.discovery import _etcd_client as ec
+from grpcrpc.discovery._etcd_client import Connection as EtcdConnection
 from grpcrpc.discovery._etcd_client import DiscoveryUnavailable
 from grpcrpc.discovery._etcd_registry import EtcdRegistry
 from grpcrpc.discovery._etcd_resolver import EtcdResolver
@@ -36,6 +39,7 @@ from grpcrpc.discovery.base import Endpoint, InvalidEndpoint, split_address
 __all__ = [
     "DiscoveryUnavailable",
     "EtcdConfig",
+    "EtcdConnection",
     "EtcdRegistry",
     "EtcdResolver",
     "Registration",

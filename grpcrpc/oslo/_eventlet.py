@@ -39,7 +39,6 @@ import eventlet
 import eventlet.event
 from eventlet import greenio, patcher
 
-from grpcrpc.discovery._watchdog import WATCHDOG
 from grpcrpc.oslo._bridge import Waiter, _EventWaiter
 
 __all__ = ["GreenWorld", "nativize"]
@@ -281,7 +280,6 @@ class GreenWorld:
                 cls._instance = GreenWorld()
             world = cls._instance
         changed = nativize(world._originals)
-        WATCHDOG.renew_lock()  # made at import, with the green threading module
         if changed:
             log.debug("eventlet: %d names in grpc, pyetcd and grpcrpc now native", changed)
         return world

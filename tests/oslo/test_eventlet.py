@@ -52,7 +52,6 @@ def test_green_process_calls_and_serves(etcd: EtcdServer, servers: list[ServerPr
     assert result["remote_recorded"] == ["green-cast"]
     assert result["local_recorded"] == ["green-fanout"]
     assert result["native_log"] == [["from a native thread", True]]
-    assert result["watchdog_lock_native"] is True
 
     # A plain-threads client calls the green server.
     transport = oslo_messaging.get_rpc_transport(cfg.CONF, url=url)
