@@ -42,6 +42,9 @@ def options(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hypervisors", type=int, default=10_000)
     p.add_argument("--per-process", type=int, default=250, help="hypervisors per OS process")
+    p.add_argument("--per-connection", type=int, default=25,
+                   help="registrations of a process that share one etcd connection and one "
+                        "keepalive stream (`EtcdConnection`); 1: each its own, as in production")
     p.add_argument("--ttl", type=int, help="lease TTL (default: 10 s up to 1,000 hypervisors, "
                                            "else 30 s as docs/operations.md recommends)")
     p.add_argument("--proxy", action=argparse.BooleanOptionalAction, default=True,
@@ -65,7 +68,8 @@ def options(argv: list[str] | None) -> Options:
     unknown = set(parts) - set(PARTS)
     if unknown:
         p.error(f"unknown parts {sorted(unknown)}; choose from {','.join(PARTS)}")
-    o = Options(hypervisors=a.hypervisors, per_process=a.per_process, proxy=a.proxy,
+    o = Options(hypervisors=a.hypervisors, per_process=a.per_process,
+                per_connection=a.per_connection, proxy=a.proxy,
                 window=a.window, load_rate=a.load_rate, broadcasters=a.broadcasters,
                 fanouts=a.fanouts, restarts=a.restarts, rabbit_servers=a.rabbit_servers,
                 smoke=a.smoke, parts=parts)
@@ -108,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     nofile = raise_nofile(o.registrations + o.hypervisors + 10_000)
     started = time.monotonic()
     print(f"region: {o.hypervisors:,} hypervisors ({o.registrations:,} leases, TTL {o.ttl} s), "
-          f"{o.per_process} per process, registration measured "
+          f"{o.per_process} per process, {o.per_connection} registrations per etcd connection, "
+          f"registration measured "
           f"{'directly and through grpc-proxy' if o.proxy else 'directly'}, parts 2-5 {o.via}, "
           f"RLIMIT_NOFILE {nofile:,}", flush=True)
     results.record("scale", "options", {k: v for k, v in vars(o).items() if k != "extra"})

@@ -32,6 +32,7 @@ PROXY_KEEPALIVE_S = 300.0
 class Options:
     hypervisors: int = 10_000
     per_process: int = 250
+    per_connection: int = 25  # registrations sharing one etcd connection and keepalive stream
     ttl: int = 30
     proxy: bool = True
     via: str = "proxy"  # how the region's servers and clients reach etcd after part 1
@@ -93,7 +94,7 @@ class Region:
         registries never share an interpreter with the compute servers."""
         o = self.opts
         return [Worker("hv", first=first, count=min(o.per_process, o.hypervisors - first),
-                       **self.etcd(mode), ttl=o.ttl, role=role)
+                       **self.etcd(mode), ttl=o.ttl, role=role, per_connection=o.per_connection)
                 for first in range(0, o.hypervisors, o.per_process)
                 for role in ("computes", "agents")]
 

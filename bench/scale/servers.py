@@ -59,7 +59,9 @@ class Hypervisors:
         # Registrations one process starts at once. Production's agents start on their own
         # hosts' cores; here every waiting etcd call is a thread that grpc's blocking API wakes
         # 5-10 times a second on the same 2 cores, so an unpaced process starves etcd itself.
-        self.pace = a.get("pace", 8)
+        self.pace = a.get("pace", 50)
+        self.per_connection = a.get("per_connection", 1)
+        self.connections: dict[int, Any] = {}
         self.log = count_registry_logs()
         self.receipts = Receipts()
         self.servers: dict[str, Any] = {}
@@ -70,9 +72,18 @@ class Hypervisors:
         self.restarts = 0
 
     def _registry(self, i: int) -> Any:
-        from grpcrpc.discovery.etcd import EtcdRegistry
+        """Registration `i`'s registry, on the shared connection of its group of
+        `per_connection` (1: a connection of its own, as an agent process has)."""
+        from grpcrpc.discovery.etcd import EtcdConnection, EtcdRegistry
 
-        return EtcdRegistry(etcd_config(self.args, i), ttl=self.ttl)
+        if self.per_connection <= 1:
+            return EtcdRegistry(etcd_config(self.args, i), ttl=self.ttl)
+        group = i // self.per_connection
+        connection = self.connections.get(group)
+        if connection is None:
+            connection = self.connections[group] = EtcdConnection(
+                etcd_config(self.args, group), timeout=min(10.0, max(1.0, self.ttl / 3)))
+        return EtcdRegistry(connection.config, ttl=self.ttl, connection=connection)
 
     def _server(self, name: str, i: int) -> Any:
         from grpcrpc import Limits, RPCServer, Target
@@ -188,6 +199,8 @@ class Hypervisors:
         await asyncio.gather(*(s.stop(0) for s in self.servers.values()))
         for r in self._all_registries():
             r.close()
+        for connection in self.connections.values():
+            connection.close()
 
 
 # -- conductor and broadcasters -------------------------------------------------------------------------

@@ -150,6 +150,26 @@ def _mapped(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def _limited(fn: Callable[P, R]) -> Callable[P, R]:
+    """A request that waits its turn when the session allows only so many at once."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        slots = args[0]._slots  # type: ignore[attr-defined]
+        if slots is None:
+            return fn(*args, **kwargs)
+        timeout = args[0].timeout  # type: ignore[attr-defined]
+        if not slots.acquire(timeout=timeout):
+            raise Unavailable(f"no turn for an etcd request within {timeout:.1f}s: "
+                              f"the connection's requests in flight are all waiting")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            slots.release()
+
+    return wrapper
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The range end that covers every key starting with `prefix`."""
     return bytes(pyetcd.utils.prefix_range_end(prefix))
@@ -231,13 +251,18 @@ class Session:
     Thread-safe for requests; watch callbacks run on pyetcd's watch thread.
     """
 
-    def __init__(self, config: EtcdConfig, timeout: float | None = None) -> None:
+    def __init__(self, config: EtcdConfig, timeout: float | None = None,
+                 max_in_flight: int | None = None) -> None:
         self.config = config
         self.timeout = timeout or config.timeout
+        # Each request in flight is a thread in grpc's blocking API, which wakes it five times
+        # a second until the answer: many registries on one connection wait their turn instead.
+        self._slots = threading.BoundedSemaphore(max_in_flight) if max_in_flight else None
         self._client = make_client(config, self.timeout)
         self._keepalive: _KeepAliveStream | None = None
         self._keepalive_lock = threading.Lock()
 
+    @_limited
     @_mapped
     def grant(self, ttl: int) -> tuple[int, int]:
         """A new lease: (id, granted TTL). etcd may raise a too-short TTL to its minimum."""
@@ -265,25 +290,30 @@ class Session:
                     stream = self._keepalive = _KeepAliveStream(self._client)
         return stream.renew(lease_id, timeout or self.timeout)
 
+    @_limited
     @_mapped
     def time_to_live(self, lease_id: int) -> int:
         """The lease's remaining TTL (-1: etcd does not have it)."""
         return int(self._client.get_lease_info(lease_id).TTL)
 
+    @_limited
     @_mapped
     def revoke(self, lease_id: int) -> None:
         self._client.revoke_lease(lease_id)
 
+    @_limited
     @_mapped
     def put(self, key: bytes, value: bytes, lease_id: int) -> None:
         self._client.put(key, value, lease=lease_id)
 
+    @_limited
     @_mapped
     def get(self, key: bytes) -> tuple[bytes, int] | None:
         """(value, lease id) of `key`, or None when it does not exist."""
         value, meta = self._client.get(key)
         return None if meta is None else (bytes(value), int(meta.lease_id))
 
+    @_limited
     @_mapped
     def delete_if_lease(self, key: bytes, lease_id: int) -> bool:
         """Delete `key` only while it is held by `lease_id`: never someone else's key."""
@@ -294,6 +324,7 @@ class Session:
         )
         return bool(ok)
 
+    @_limited
     @_mapped
     def range_page(self, start: bytes, end: bytes, limit: int, revision: int | None) -> Page:
         kwargs: dict[str, Any] = {"limit": limit}
@@ -337,12 +368,16 @@ class Session:
 class Connection:
     """The session that every registry given this connection uses (public as
     `grpcrpc.discovery.etcd.EtcdConnection`): one channel to the cluster and one keepalive stream
-    for all their leases, as etcd's clientv3 shares one client. Made on first use; after an
-    authentication failure the next user makes a fresh one (a new token)."""
+    for all their leases, as etcd's clientv3 shares one client. At most `max_in_flight` of their
+    requests (grants, puts, reads) are in flight at once; the others wait their turn, within
+    their timeout. Made on first use; after an authentication failure the next user makes a
+    fresh one (a new token)."""
 
-    def __init__(self, config: EtcdConfig, timeout: float | None = None) -> None:
+    def __init__(self, config: EtcdConfig, timeout: float | None = None,
+                 max_in_flight: int = 4) -> None:
         self.config = config
         self.timeout = timeout or config.timeout
+        self.max_in_flight = max_in_flight
         self._lock = threading.Lock()
         self._session: Session | None = None
         self._closed = False
@@ -352,7 +387,7 @@ class Connection:
             if self._closed:
                 raise Unavailable("the etcd connection is closed")
             if self._session is None:
-                self._session = Session(self.config, self.timeout)
+                self._session = Session(self.config, self.timeout, self.max_in_flight)
             return self._session
 
     def discard(self, session: Session) -> None:
