@@ -287,7 +287,7 @@ class Session:
             with self._keepalive_lock:
                 stream = self._keepalive
                 if stream is None or not stream.alive:
-                    stream = self._keepalive = _KeepAliveStream(self._client)
+                    stream = self._keepalive = _KeepAliveStream(self._client, self.timeout)
         return stream.renew(lease_id, timeout or self.timeout)
 
     @_limited
@@ -420,11 +420,13 @@ class _KeepAliveStream:
     """A LeaseKeepAlive stream held open for every lease of a session: a request per renewal,
     and one reader thread that hands each answer (it names its lease) to the renewal waiting
     for it. A renewal that is not answered in time ends the stream if nothing else was answered
-    meanwhile either (a silent stream is dead, or as good as: the next renewal opens a new one
-    after a unary check that fails over); when the stream ends, every waiting renewal fails."""
+    meanwhile either, for `patience` seconds (a silent stream is dead, or as good as: the next
+    renewal opens a new one after a unary check that fails over); when the stream ends, every
+    waiting renewal fails."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, patience: float) -> None:
         self.alive = True
+        self._patience = patience
         self._lock = threading.Lock()
         self._waiting: dict[int, collections.deque[_Renewal]] = {}
         self._last_answer = time.monotonic()
@@ -452,7 +454,11 @@ class _KeepAliveStream:
                     waiting.remove(renewal)
                     if not waiting:
                         del self._waiting[lease_id]
-                silent = self._last_answer < sent
+                # Silent since before this request, and for a whole session timeout: a
+                # starved process answers late, and ending the stream of every lease on it
+                # would only add a storm of new streams to its troubles.
+                silent = (self._last_answer < sent and
+                          time.monotonic() - self._last_answer >= self._patience)
             if not renewal.answered.is_set():  # else answered as we gave up: it holds
                 if silent:
                     self.close()
