@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 import time
 
-from bench.scale.procs import CpuWatch, Worker, ask_all, close_all, start_all, status
+from bench.scale.procs import (CpuWatch, Worker, WorkerError, ask_all, close_all, start_all,
+                               status)
 from bench.scale.region import Region, wait_until
 from bench.scale.report import Part, mib, ms
 
@@ -23,10 +24,20 @@ def run(region: Region) -> Part:
     client = Worker("fanout", **region.etcd())
     try:
         start_all([*brokers, client])
-        # The client must see every broadcaster and every compute before the first fanout.
+        # The client must see every broadcaster and every compute before the first fanout;
+        # a warm-up fanout may time out while the broadcasters dial thousands of computes.
         warm = iter(range(-1, -1000, -1))  # each warm-up fanout is a new one to the computes
-        part.check(wait_until(lambda: client.ask("fanout", n=next(warm))["delivered"] == n,
-                              120, 1.0) is not None, "the fanout client never reached every compute")
+        warmups: list[str] = []
+
+        def warmed() -> bool:
+            try:
+                return bool(client.ask("fanout", n=next(warm))["delivered"] == n)
+            except WorkerError as exc:
+                warmups.append(str(exc))
+                return False
+
+        part.check(wait_until(warmed, 120, 1.0) is not None,
+                   f"the fanout client never reached every compute ({warmups[-3:]})")
         first = 1_000_000
         pids = {f"bcast-{i}": b.pid for i, b in enumerate(brokers)}
         cpu = CpuWatch(pids)
