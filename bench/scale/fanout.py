@@ -7,8 +7,7 @@ from __future__ import annotations
 import math
 import time
 
-from bench.scale.procs import (CpuWatch, Worker, WorkerError, ask_all, close_all, start_all,
-                               status)
+from bench.scale.procs import CpuWatch, Worker, WorkerError, ask_all, close_all, start_all, status
 from bench.scale.region import Region, wait_until
 from bench.scale.report import Part, mib, ms
 

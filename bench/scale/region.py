@@ -5,9 +5,9 @@ What differs from production, by construction: every process shares 2 cores and 
 hypervisors live in one OS process (`--per-process`), so their registries share that process's
 Python interpreter, gRPC core threads and GIL — each registry has its own lease, as a real
 agent process would, but `per_connection` registries share one `EtcdConnection` (one channel and
-one keepalive stream), where each agent process has its own. Through the proxy, the region runs one `grpc-proxy`
-per `PROXY_CLIENTS` registrations (a process here may hold at most 20,000 fds, and a proxy
-holds one per client connection); each process is given all of them, in a rotated order, as
+one keepalive stream), where each agent process has its own. Through the proxy, the region
+runs one `grpc-proxy` per `PROXY_CLIENTS` registrations (a process here may hold at most 20,000
+fds, and a proxy holds one per client connection); each process is given all of them, in a rotated order, as
 production clients would list their site's proxies.
 """
 
