@@ -1,16 +1,7 @@
-"""The one place that knows the etcd client library (`pyetcd`, from etcd-sdk-python) and grpc's
-errors from it. Everything above speaks in `Session` methods and this tree of failures; a pyetcd
-or grpc exception never leaves this module. These failures are internal: the registry and the
-resolver retry on them, and only `DiscoveryUnavailable` (a `GrpcrpcError`) reaches callers.
-
-```
-EtcdFailure
- ├── Unavailable      no answer: down, partitioned, timed out, no endpoint left to fail over to
- ├── AuthFailed       the token expired or was refused: make a new session (re-authenticate)
- ├── LeaseNotFound    the lease is gone: expired, revoked by an operator, or etcd lost its data
- ├── Compacted        the revision asked for was compacted away: list again
- └── TooLarge         a response over the receive limit: ask for smaller pages
-```
+"""Sessions with etcd: the one place, with `_etcd_errors` (which maps their exceptions to
+`EtcdFailure`s), that knows the etcd client library (`pyetcd`, from etcd-sdk-python) and grpc.
+Everything above speaks in `Session` and `Connection` methods and those failures; a pyetcd or
+grpc exception never leaves these two modules.
 
 >>> Backoff(base=0.1, cap=2.0).next() <= 0.1
 True
@@ -35,6 +26,16 @@ from pyetcd import events as pyetcd_events
 from pyetcd import exceptions as pyetcd_exc
 from pyetcd import transactions as pyetcd_txn
 
+from grpcrpc.discovery._etcd_errors import (
+    AuthFailed,
+    Compacted,
+    EtcdFailure,
+    LeaseNotFound,
+    TooLarge,
+    Unavailable,
+    failure,
+    mapped,
+)
 from grpcrpc.exceptions import DiscoveryUnavailable
 
 if TYPE_CHECKING:
@@ -77,77 +78,8 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-class EtcdFailure(Exception):
-    """An etcd request did not succeed (see the module docstring for the kinds)."""
-
-
-class Unavailable(EtcdFailure):
-    pass
-
-
-class AuthFailed(EtcdFailure):
-    pass
-
-
-class LeaseNotFound(EtcdFailure):
-    pass
-
-
-class Compacted(EtcdFailure):
-    pass
-
-
-class TooLarge(EtcdFailure):
-    pass
-
-
-def _failure(exc: BaseException) -> EtcdFailure:
-    """Map a pyetcd or grpc exception to the tree above (the only mapping there is)."""
-    if isinstance(exc, pyetcd_exc.RevisionCompactedError):
-        # pyetcd leaves the message empty; only the attribute says where history starts.
-        return Compacted(f"revision compacted (history starts at {exc.compacted_revision})")
-    if isinstance(exc, grpc.RpcError):
-        code = exc.code() if callable(getattr(exc, "code", None)) else None
-        details = str(exc.details()) if callable(getattr(exc, "details", None)) else str(exc)
-        name = code.name if code is not None else "UNKNOWN"
-        if code == grpc.StatusCode.UNAUTHENTICATED or code == grpc.StatusCode.PERMISSION_DENIED:
-            return AuthFailed(f"{name}: {details}")
-        if code == grpc.StatusCode.INVALID_ARGUMENT and (
-            "auth" in details or "user name" in details
-        ):
-            return AuthFailed(f"{name}: {details}")
-        if code == grpc.StatusCode.NOT_FOUND and "lease" in details:
-            return LeaseNotFound(details)
-        if code == grpc.StatusCode.OUT_OF_RANGE:  # a paged read at a compacted revision
-            return Compacted(details)
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return TooLarge(details)
-        return Unavailable(f"{name}: {details}")
-    if isinstance(exc, pyetcd_exc.NoServerAvailableError):
-        return Unavailable("every etcd endpoint failed within the last second")
-    if isinstance(exc, pyetcd_exc.Etcd3Exception):
-        # pyetcd raises its own types from inside its grpc handler: the details are there.
-        if isinstance(exc.__context__, grpc.RpcError):
-            return _failure(exc.__context__)
-        return Unavailable(str(exc) or type(exc).__name__)
-    return Unavailable(f"{type(exc).__name__}: {exc}")
-
-
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _mapped(fn: Callable[P, R]) -> Callable[P, R]:
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except (grpc.RpcError, pyetcd_exc.Etcd3Exception) as exc:
-            raise _failure(exc) from exc
-        except ValueError as exc:  # pyetcd: "Trying to use a failed node"
-            raise Unavailable(str(exc)) from exc
-
-    return wrapper
 
 
 def _limited(fn: Callable[P, R]) -> Callable[P, R]:
@@ -210,7 +142,7 @@ def make_client(config: EtcdConfig, timeout: float | None = None) -> Any:
     except (grpc.RpcError, pyetcd_exc.Etcd3Exception) as exc:
         for ep in endpoints:
             ep.close()
-        raise _failure(exc) from exc
+        raise failure(exc) from exc
     if not config.tls:
         # grpc refuses call credentials on a plaintext channel; the token still travels in
         # the metadata pyetcd adds to every call.
@@ -263,7 +195,7 @@ class Session:
         self._keepalive_lock = threading.Lock()
 
     @_limited
-    @_mapped
+    @mapped
     def grant(self, ttl: int) -> tuple[int, int]:
         """A new lease: (id, granted TTL). etcd may raise a too-short TTL to its minimum."""
         lease = self._client.lease(ttl)
@@ -291,30 +223,30 @@ class Session:
         return stream.renew(lease_id, timeout or self.timeout)
 
     @_limited
-    @_mapped
+    @mapped
     def time_to_live(self, lease_id: int) -> int:
         """The lease's remaining TTL (-1: etcd does not have it)."""
         return int(self._client.get_lease_info(lease_id).TTL)
 
     @_limited
-    @_mapped
+    @mapped
     def revoke(self, lease_id: int) -> None:
         self._client.revoke_lease(lease_id)
 
     @_limited
-    @_mapped
+    @mapped
     def put(self, key: bytes, value: bytes, lease_id: int) -> None:
         self._client.put(key, value, lease=lease_id)
 
     @_limited
-    @_mapped
+    @mapped
     def get(self, key: bytes) -> tuple[bytes, int] | None:
         """(value, lease id) of `key`, or None when it does not exist."""
         value, meta = self._client.get(key)
         return None if meta is None else (bytes(value), int(meta.lease_id))
 
     @_limited
-    @_mapped
+    @mapped
     def delete_if_lease(self, key: bytes, lease_id: int) -> bool:
         """Delete `key` only while it is held by `lease_id`: never someone else's key."""
         ok, _ = self._client.transaction(
@@ -325,7 +257,7 @@ class Session:
         return bool(ok)
 
     @_limited
-    @_mapped
+    @mapped
     def range_page(self, start: bytes, end: bytes, limit: int, revision: int | None) -> Page:
         kwargs: dict[str, Any] = {"limit": limit}
         if revision is not None:
@@ -334,7 +266,7 @@ class Session:
         return Page([(bytes(kv.key), bytes(kv.value)) for kv in resp.kvs], bool(resp.more),
                     int(resp.header.revision), [int(kv.lease) for kv in resp.kvs])
 
-    @_mapped
+    @mapped
     def watch_prefix(self, prefix: bytes, start_revision: int,
                      sink: Callable[[WatchEvents | EtcdFailure], None]) -> int:
         """Watch `prefix` from `start_revision`; `sink` gets each response, or one failure after
@@ -342,7 +274,7 @@ class Session:
 
         def callback(item: Any) -> None:
             if isinstance(item, BaseException) or item is None:
-                sink(_failure(item) if item is not None else Unavailable("watch stream ended"))
+                sink(failure(item) if item is not None else Unavailable("watch stream ended"))
                 return
             events = [
                 (isinstance(ev, pyetcd_events.PutEvent), bytes(ev.key), bytes(ev.value))
@@ -353,7 +285,7 @@ class Session:
         return int(self._client.add_watch_prefix_callback(prefix, callback,
                                                           start_revision=start_revision))
 
-    @_mapped
+    @mapped
     def cancel_watch(self, watch_id: int) -> None:
         self._client.cancel_watch(watch_id)
 
@@ -436,7 +368,7 @@ class _KeepAliveStream:
                 iter(self._requests.get, None),
                 credentials=client.call_credentials, metadata=client.metadata)
         except (grpc.RpcError, pyetcd_exc.Etcd3Exception, ValueError) as exc:
-            raise _failure(exc) from exc
+            raise failure(exc) from exc
         threading.Thread(target=self._read, name="grpcrpc-etcd-keepalive", daemon=True).start()
 
     def renew(self, lease_id: int, timeout: float) -> int:
@@ -468,7 +400,7 @@ class _KeepAliveStream:
         return renewal.ttl
 
     def _read(self) -> None:
-        failure: EtcdFailure = Unavailable("keepalive stream ended")
+        ended: EtcdFailure = Unavailable("keepalive stream ended")
         try:
             for answer in self._call:
                 with self._lock:
@@ -481,16 +413,16 @@ class _KeepAliveStream:
                     renewal.ttl = int(answer.TTL)
                     renewal.answered.set()
         except grpc.RpcError as exc:
-            failure = (Unavailable("keepalive stream closed")
-                       if exc.code() == grpc.StatusCode.CANCELLED else _failure(exc))
+            ended = (Unavailable("keepalive stream closed")
+                     if exc.code() == grpc.StatusCode.CANCELLED else failure(exc))
         except Exception as exc:  # the reader must never die without failing its waiters
-            failure = _failure(exc)
+            ended = failure(exc)
         with self._lock:
             self.alive = False
             waiting_all, self._waiting = self._waiting, {}
         for waiting in waiting_all.values():
             for renewal in waiting:
-                renewal.failure = failure
+                renewal.failure = ended
                 renewal.answered.set()
 
     def close(self) -> None:

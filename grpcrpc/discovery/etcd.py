@@ -13,7 +13,7 @@ cluster (give the resolver a mapping az → `EtcdConfig`) or shares one (a singl
   `RoutingTable` in memory; a broken or compacted watch re-lists. While etcd is unreachable the
   last table stays, so calls keep flowing.
 
-The code: `_etcd_client` (the only module that imports pyetcd; maps its errors),
+The code: `_etcd_client` and `_etcd_errors` (the only modules that import pyetcd; map its errors),
 `_etcd_registry`, `_etcd_resolver`; this module holds the configuration and the public names.
 
 >>> config = EtcdConfig(["10.0.0.1:2379", "10.0.0.2:2379"])
