@@ -104,3 +104,22 @@ def test_a_connection_serves_only_its_own_config(etcd_config: EtcdConfig) -> Non
     other = EtcdConfig(etcd_config.endpoints, prefix="/elsewhere", timeout=2.0)
     with pytest.raises(ValueError, match="another etcd config"):
         EtcdRegistry(other, ttl=TTL, connection=EtcdConnection(etcd_config))
+
+
+def test_requests_beyond_max_in_flight_wait_their_turn_then_fail_named(
+        etcd_config: EtcdConfig) -> None:
+    # One slot, held (as by a request etcd does not answer): the next request waits its turn
+    # for its timeout, then fails with a named error — it never hangs, and never overtakes.
+    from grpcrpc.discovery import _etcd_client as ec
+
+    connection = EtcdConnection(etcd_config, timeout=0.5, max_in_flight=1)
+    session = connection.session()
+    assert session._slots is not None
+    session._slots.acquire()
+    try:
+        with pytest.raises(ec.Unavailable, match=r"no turn for an etcd request within 0\.5s"):
+            session.get(b"/k")
+    finally:
+        session._slots.release()
+    assert session.get(b"/k") is None  # its turn now
+    connection.close()
