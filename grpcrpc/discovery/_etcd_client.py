@@ -306,13 +306,24 @@ class Connection:
     fresh one (a new token)."""
 
     def __init__(self, config: EtcdConfig, timeout: float | None = None,
-                 max_in_flight: int = 4) -> None:
+                 max_in_flight: int = 4, renewal_tick: float = 0.5) -> None:
         self.config = config
         self.timeout = timeout or config.timeout
         self.max_in_flight = max_in_flight
+        self.renewal_tick = renewal_tick
+        self._phase = random.uniform(0, renewal_tick)
         self._lock = threading.Lock()
         self._session: Session | None = None
         self._closed = False
+
+    def renewal_time(self, now: float, interval: float) -> float:
+        """When a lease renewed at `now` is renewed next: `interval` later, moved back to this
+        connection's last tick (`renewal_tick` s apart, a random phase per connection) so
+        that the renewals of its leases travel together and wake its threads once."""
+        t = now + interval
+        if not self.renewal_tick or interval <= 2 * self.renewal_tick:
+            return t
+        return t - (t - self._phase) % self.renewal_tick
 
     def session(self) -> Session:
         with self._lock:

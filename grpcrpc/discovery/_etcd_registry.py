@@ -72,7 +72,7 @@ class EtcdRegistry(Registry):
         self.ttl = round(ttl)  # etcd counts whole seconds
         self._op_timeout = min(config.timeout, max(1.0, ttl / 3))
         self._owns_connection = connection is None
-        self._connection = connection or ec.Connection(config, self._op_timeout)
+        self._connection = connection or ec.Connection(config, self._op_timeout, renewal_tick=0)
         self._max_backoff = max_backoff or min(5.0, max(0.5, ttl / 2))
         self._cond = threading.Condition()
         self._desired: dict[bytes, bytes] = {}  # what should be in etcd: key -> value
@@ -262,7 +262,8 @@ class EtcdRegistry(Registry):
                 lease, granted = session.grant(self.ttl)
                 with self._cond:
                     self._lease, self._granted, self._stored = lease, granted, {}
-                    self._deadline, self._next_renewal = now + granted, now + granted / 3
+                    self._deadline = now + granted
+                    self._next_renewal = self._connection.renewal_time(now, granted / 3)
                     self._verify = False  # a new lease holds nothing yet
                 log.info("granted etcd lease %x (ttl %ds)", lease, granted)
             elif now >= self._next_renewal or self._verify:
@@ -278,7 +279,8 @@ class EtcdRegistry(Registry):
                 if ttl <= 0:
                     raise ec.LeaseNotFound(f"lease {self._lease:x} expired or was revoked")
                 with self._cond:
-                    self._deadline, self._next_renewal = now + ttl, now + self._granted / 3
+                    self._deadline = now + ttl
+                    self._next_renewal = self._connection.renewal_time(now, self._granted / 3)
             lease = self._lease
             assert lease is not None
             if self._verify:
