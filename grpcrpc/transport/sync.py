@@ -216,8 +216,10 @@ class _Stream:
         for msg_id, waiter in pending.items():
             # Unsent messages may go elsewhere, unless the server refused the stream for our
             # credentials (before reading it): then that refusal is their answer too.
+            # A stream that never connected says why (a refused TLS handshake reads as one).
             if msg_id in unsent and not isinstance(failure, Unauthorized):
-                waiter.settle(None, NotSent(f"stream @ {self.address} broke before sending"))
+                waiter.settle(None, failure if isinstance(failure, NotSent) else
+                              NotSent(f"stream @ {self.address} broke before sending"))
             else:
                 waiter.settle(None, error)
 
