@@ -313,6 +313,12 @@ class RPCClient(_ClientBase):
     endpoint's failure (the wire `Failure` of a `REMOTE` reply) into the exception to raise
     (None: grpcrpc's own mapping).
 
+    With `fanout_reports`, a fanout cast does not wait for the servers: it returns None once
+    its envelope is on its way to every server, and its `FanoutReport` goes to
+    `fanout_reports(report)` (from another thread) when the last server has answered — the
+    next fanout follows at once, and the servers get them in batches
+    (`grpcrpc.transport.detached`). Without it, a fanout returns its report.
+
     >>> from grpcrpc.discovery import StaticResolver
     >>> client = RPCClient(StaticResolver([]), Target(topic="scheduler"))
     >>> # client.call({}, "select_destinations", spec={"vcpus": 2})
@@ -331,6 +337,7 @@ class RPCClient(_ClientBase):
         allowed_remote_exmods: Iterable[str] = (),
         options: TransportOptions | None = None,
         failure_mapper: FailureMapper | None = None,
+        fanout_reports: Callable[[FanoutReport], object] | None = None,
     ) -> None:
         super().__init__(
             target, timeout=timeout, version_cap=version_cap, serializer=serializer,
@@ -338,6 +345,7 @@ class RPCClient(_ClientBase):
             failure_mapper=failure_mapper,
         )
         self.transport, self._owns_transport = _transport_for(transport, SyncTransport, options)
+        self.fanout_reports = fanout_reports
         self._new_id = ev.id_factory()
 
     def call(self, ctxt: Any, method: str, **kwargs: Any) -> Any:
@@ -355,7 +363,8 @@ class RPCClient(_ClientBase):
 
     def cast(self, ctxt: Any, method: str, **kwargs: Any) -> FanoutReport | None:
         """Send `method` one-way: returns once a server has accepted it (None), or, with
-        `fanout=True`, once every server of the topic was tried (a `FanoutReport`).
+        `fanout=True`, once every server of the topic was tried (a `FanoutReport`; None once
+        it is sent, when the client has `fanout_reports`).
 
         A server that does not accept it within the transport's `cast_accept_timeout` (5 s by
         default; within `timeout` in any case) fails it with `MessagingTimeout`, and a server
@@ -399,12 +408,19 @@ class RPCClient(_ClientBase):
                               own_az=t.options.az)
         if self.target.fanout:
             what = self._what(method)
+            on_report = self.fanout_reports
             if t.options.use_broadcaster:
                 try:
-                    return t.broadcast(self.target, data, timeout, what)
+                    report = t.broadcast(self.target, data, timeout, what)
                 except NoEndpoints as err:
                     self._check_fallback(err)
-            return t.fanout(t.fanout_targets(self.target), msg_id, data, timeout, what)
+                else:
+                    if on_report is None:
+                        return report
+                    on_report(report)
+                    return None
+            return t.fanout(t.fanout_targets(self.target), msg_id, data, timeout, what,
+                            on_report)
         reply = t.request(self.target, msg_id, data, timeout, self._what(method), self.retry,
                           cast=True)
         self._result(ctxt, method, reply)

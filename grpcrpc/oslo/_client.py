@@ -12,6 +12,10 @@ server, so the gaps are bridged by waiting, within the caller's time budget:
 - the server refused the message without running it (overloaded, stopping, handed back) →
   back off briefly and try again (another server, or the same one later).
 
+A fanout cast with plain threads returns once it is on its way to every server, as a fanout
+through RabbitMQ's exchange returns once published; who did not get it is logged when the
+last server has answered (`grpcrpc.transport.detached`). Under eventlet it waits for them.
+
 `retry=0` (oslo: "do not retry") and `at_least_once` (oslo: "fail if nobody can take it") fail
 at once instead. Nothing is ever resent once it may have reached a server.
 
@@ -24,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +47,9 @@ from grpcrpc.target import Target
 from grpcrpc.transport.aio import AsyncTransport
 from grpcrpc.transport.sync import SyncTransport
 
-__all__ = ["Sender", "SyncSender"]
+__all__ = ["Sender", "SyncSender", "log_fanout_report"]
+
+log = logging.getLogger("grpcrpc.oslo")
 
 # How often a send that waits for a server looks again even without news from etcd (an
 # endpoint that refused connections may be back).
@@ -244,13 +252,15 @@ class SyncSender:
         self, fields: dict[str, Any], ctxt: Any, method: str, args: dict[str, Any], *,
         call: bool, timeout: float | None, retry: int | None, at_least_once: bool,
     ) -> Any:
-        """The call's result, or None (a cast) or the `FanoutReport` (a fanout cast)."""
+        """The call's result, or None (a cast; a fanout's report is logged when it is in)."""
         what = f"{fields['topic']}.{method}"
         tries = _Tries(what, timeout, retry, at_least_once, time.monotonic)
         client = self._ensure(what, timeout)
         while True:
             remaining = tries.remaining()
             prepared = client.prepare(**fields, timeout=remaining, retry=tries.endpoints_retry)
+            if fields.get("fanout"):
+                prepared.fanout_reports = functools.partial(log_fanout_report, what)
             changed = self._changed  # before trying, so a change during the try is not missed
             try:
                 if call:
@@ -273,6 +283,14 @@ class SyncSender:
             client.transport.close()
         if resolver is not None:
             resolver.close()
+
+
+def log_fanout_report(what: str, report: FanoutReport) -> None:
+    """A warning for a fanout that did not reach every server (oslo's caller never hears)."""
+    if not report.ok:
+        log.warning("fanout %s reached %d of %d servers; not delivered to: %s", what,
+                    report.delivered, report.targets,
+                    "; ".join(f"{f.server or f.address} ({f.reason})" for f in report.failures))
 
 
 def _resolver(s: Settings) -> EtcdResolver:

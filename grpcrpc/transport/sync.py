@@ -11,7 +11,9 @@ message on an open stream), and the hand-off to the reader thread costs less tha
 What may be resent follows the asyncio transport: envelopes still queued when a stream breaks,
 or sent on a stream that never connected, provably never left (`NotSent`: another endpoint is
 tried); envelopes handed to gRPC fail with `DeliveryError` (they may have been delivered). A
-fanout from the client goes as one unary RPC per server, all at once.
+fanout from the client goes on each server's stream (as one unary RPC per server, to many), all
+at once; it waits for every server's acceptance, or, detached (`on_report`), returns once sent
+and reports later (`grpcrpc.transport.detached`).
 
 A server that freezes keeps its connections open: one watcher thread per transport probes a
 connection whose messages have waited `probe_after` seconds in silence, and fails them if the
@@ -47,9 +49,10 @@ from grpcrpc.exceptions import (
     Overloaded,
     Unauthorized,
 )
-from grpcrpc.fanout import Failed
+from grpcrpc.fanout import Failed, FanoutReport
 from grpcrpc.generated.v1 import transport_pb2 as tpb
 from grpcrpc.target import Target
+from grpcrpc.transport import detached
 from grpcrpc.transport.base import (
     BATCHES_METHOD,
     FANOUT_METHOD,
@@ -80,6 +83,10 @@ log = logging.getLogger("grpcrpc.transport")
 
 # A client-side fanout to more servers than this sends unary RPCs instead of using streams.
 STREAM_FANOUT_LIMIT = 64
+# How long close() waits for detached fanouts' answers when casts have no acceptance bound.
+_CLOSE_WAIT = 5.0
+# A detached fanout's envelope refused by a full server goes again after this, doubling.
+_RESEND_FIRST, _RESEND_MAX = 0.005, 0.5
 _Item = tuple[bytes, str | None]  # an envelope, and the id of the caller waiting for its reply
 _END: _Item = (b"", None)  # the queue's last item (compared by identity): the stream half-closes
 
@@ -101,6 +108,74 @@ class _Waiter:
         self.lock.release()
 
 
+class _Part:
+    """A detached fanout's envelope to one server, settled as a `_Waiter` is (by the stream's
+    reader thread, or by a unary RPC's completion): frees its room in the connection's window
+    and tells the fanout how it went.
+
+    A server that refuses it unrun because it is full (OVERLOADED) gets it again after a
+    backoff, while the cast's acceptance wait lasts: the window bounds what waits for an
+    answer, not what a server holds (it holds a cast until its endpoint has run it), so a
+    sender faster than a slow server's endpoints meets its admission limit, and a refusal says
+    the envelope never ran, so sending it again cannot deliver it twice."""
+
+    __slots__ = ("backoff", "conn", "data", "deadline", "endpoint", "fan", "msg_id",
+                 "transport", "unary")
+
+    def __init__(self, transport: SyncTransport, conn: _Conn, endpoint: Endpoint,
+                 fan: detached.Fanout, msg_id: str, data: bytes, unary: bool,
+                 deadline: float | None) -> None:
+        self.transport, self.conn, self.endpoint, self.fan = transport, conn, endpoint, fan
+        self.msg_id, self.data, self.unary, self.deadline = msg_id, data, unary, deadline
+        self.backoff = _RESEND_FIRST
+
+    def settle(self, reply: ev.Reply | None, error: BaseException | None = None) -> None:
+        if (reply is not None and reply.WhichOneof("outcome") == "failure"
+                and reply.failure.code == ev.ErrorCode.OVERLOADED and self._again()):
+            return
+        self.conn.window.release()
+        endpoint = self.endpoint
+        failed = (self.transport._fanout_failure(endpoint, error) if error is not None
+                  else fanout.failed_for(endpoint.address, endpoint.server, reply))
+        self.fan.arrived(endpoint.address, failed)
+
+    def settle_unary(self, future: Any) -> None:
+        try:
+            reply = self.transport._unary_result(future, None, self.conn, self.endpoint.address)
+        except (NotSent, GrpcrpcError) as err:
+            self.settle(None, err)
+        else:
+            self.settle(reply)
+
+    def send(self) -> None:
+        """Send it (again); a failure to send settles it."""
+        try:
+            if self.unary or len(self.data) > BATCH_BYTES:
+                future = self.conn.unary.future(self.data, metadata=self.transport._metadata,
+                                                timeout=_left(self.deadline))
+                future.add_done_callback(self.settle_unary)
+            else:
+                self.conn.stream().request(self.msg_id, self.data, self)
+        except ValueError as err:  # the channel was closed under us by close()
+            self.settle(None, ClientClosed(f"{self.endpoint.address}: {err}"))
+        except (NotSent, GrpcrpcError) as err:
+            self.settle(None, err)
+
+    def _again(self) -> bool:
+        delay = self.backoff
+        if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+            return False  # no time left: it is reported as refused
+        self.backoff = min(2 * delay, _RESEND_MAX)
+        timer = threading.Timer(delay, self.send)
+        timer.daemon = True
+        timer.start()
+        return True
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
 class _Stream:
     """One envelope stream: a queue gRPC's writer thread drains in batches, and a reader
     thread that settles waiters by message id."""
@@ -110,7 +185,7 @@ class _Stream:
         self.address = address
         self._max_bytes = min(max_bytes, BATCH_BYTES)
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
-        self._pending: dict[str, _Waiter] = {}
+        self._pending: dict[str, _Waiter | _Part] = {}
         # Guards `broken` against registering: no waiter joins a stream that has been settled.
         self._lock = threading.Lock()
         self.broken = False
@@ -128,9 +203,12 @@ class _Stream:
     def in_flight(self) -> int:
         return len(self._pending)
 
-    def request(self, msg_id: str, data: bytes) -> _Waiter:
-        """Queue one envelope; the waiter its reply settles. `NotSent` if the stream is gone."""
-        waiter = _Waiter()
+    def request(self, msg_id: str, data: bytes, waiter: _Waiter | _Part | None = None
+                ) -> _Waiter | _Part:
+        """Queue one envelope; the waiter its reply settles (a new `_Waiter` unless given).
+        `NotSent` if the stream is gone."""
+        if waiter is None:
+            waiter = _Waiter()
         with self._lock:
             if self.broken:
                 if self._refused is not None:
@@ -142,7 +220,7 @@ class _Stream:
             self._queue.put((data, msg_id))
         return waiter
 
-    def forget(self, msg_id: str) -> _Waiter | None:
+    def forget(self, msg_id: str) -> _Waiter | _Part | None:
         return self._pending.pop(msg_id, None)
 
     def send_only(self, data: bytes) -> None:
@@ -264,6 +342,8 @@ class _Conn:
         self._metadata = metadata
         self._max_bytes = max_bytes
         self._streams: list[_Stream | None] = [None] * max(1, n)
+        # Room for detached fanout envelopes unanswered on this connection.
+        self.window = threading.BoundedSemaphore(detached.WINDOW)
         self._next = itertools.count()
         self._lock = threading.Lock()
 
@@ -305,6 +385,7 @@ class SyncTransport(TransportBase):
         self._channel_options = channel_options(self.options)
         self._metadata = call_metadata(self.options)
         self._watching: threading.Event | None = None  # set to stop the watcher thread
+        self._detached = detached.Live()  # detached fanouts whose report is still due
 
     def _conn(self, address: str) -> _Conn:
         conn = self._conns.get(address)
@@ -436,7 +517,8 @@ class SyncTransport(TransportBase):
             stream = conn.stream()
         except ValueError as err:  # the channel was closed under us by close()
             raise ClientClosed(f"{what}: {err}") from None
-        waiter = stream.request(msg_id, data)
+        waiter = _Waiter()
+        stream.request(msg_id, data, waiter)
 
         def finish(timeout: float | None) -> ev.Reply:
             if not waiter.lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
@@ -497,9 +579,11 @@ class SyncTransport(TransportBase):
 
     def fanout(
         self, endpoints: Sequence[Endpoint], msg_id: str, data: bytes, timeout: float | None,
-        what: str,
-    ) -> fanout.FanoutReport:
-        """Send one cast envelope to every endpoint at once; who accepted it.
+        what: str, on_report: Callable[[fanout.FanoutReport], object] | None = None,
+    ) -> fanout.FanoutReport | None:
+        """Send one cast envelope to every endpoint at once; who accepted it. With `on_report`
+        it is detached: it returns None once the envelope is on its way to every server, and
+        the report goes to `on_report` (from another thread) when the last one answered.
 
         To a few servers it goes on each one's stream (kept for the next message); to many,
         as one unary RPC each: a stream holds two threads here (its reader and gRPC's writer),
@@ -508,6 +592,9 @@ class SyncTransport(TransportBase):
         check_size(data, self.options, what)
         unary = len(endpoints) > STREAM_FANOUT_LIMIT
         timeout = cast_wait(timeout, self.options)  # each server's acceptance, all at once
+        if on_report is not None:
+            self._fanout_detached(endpoints, msg_id, data, timeout, unary, on_report)
+            return None
         deadline = None if timeout is None else time.monotonic() + timeout
         sent: list[tuple[Endpoint, Callable[[float | None], ev.Reply]]] = []
         failures = []
@@ -535,6 +622,30 @@ class SyncTransport(TransportBase):
                 failures.append(failed)
         return fanout.report(len(endpoints), failures)
 
+    def _fanout_detached(self, endpoints: Sequence[Endpoint], msg_id: str, data: bytes,
+                         timeout: float | None, unary: bool,
+                         on_report: Callable[[FanoutReport], object]) -> None:
+        fan = detached.Fanout(len(endpoints), on_report, on_settled=self._done,
+                              live=self._detached)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for endpoint in endpoints:
+                self.balancer.begin(endpoint.address)
+                try:
+                    conn = self._conn(endpoint.address)
+                    left = _left(deadline)
+                    if not conn.window.acquire(timeout=-1 if left is None else left):
+                        raise MessagingTimeout(f"{endpoint.address}: no room for the fanout "
+                                               f"within {timeout:g}s")
+                except (NotSent, GrpcrpcError) as err:
+                    fan.failed_now(self._fanout_failure(endpoint, err))
+                    self._done(endpoint.address)
+                    continue
+                fan.sending()
+                _Part(self, conn, endpoint, fan, msg_id, data, unary, deadline).send()
+        finally:
+            fan.sent_all()
+
     def _fanout_failure(self, endpoint: Endpoint, err: BaseException) -> Failed:
         if isinstance(err, NotSent):  # it could not be reached: skip it in picks for a while
             self.balancer.ejections.eject(endpoint.address)
@@ -544,7 +655,11 @@ class SyncTransport(TransportBase):
         return Failed(endpoint.address, endpoint.server, f"{type(err).__name__}: {err}")
 
     def close(self) -> None:
-        """Close every connection (calls in flight fail with `ClientClosed`)."""
+        """Close every connection (calls in flight fail with `ClientClosed`), once the detached
+        fanouts sent have been answered (waiting at most `cast_accept_timeout`): what was sent
+        before close() reaches its servers rather than dying in a queue."""
+        if not self._closed:
+            self._detached.wait_settled(self.options.cast_accept_timeout or _CLOSE_WAIT)
         with self._lock:
             if self._closed:
                 return
