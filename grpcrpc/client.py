@@ -419,8 +419,11 @@ class RPCClient(_ClientBase):
                         return report
                     on_report(report)
                     return None
-            return t.fanout(t.fanout_targets(self.target), msg_id, data, timeout, what,
-                            on_report)
+            if on_report is None:
+                return t.fanout(t.fanout_targets(self.target), msg_id, data, timeout, what)
+            t.fanout_detached(t.fanout_targets(self.target), msg_id, data, timeout, what,
+                              on_report)
+            return None
         reply = t.request(self.target, msg_id, data, timeout, self._what(method), self.retry,
                           cast=True)
         self._result(ctxt, method, reply)
@@ -443,6 +446,7 @@ class AsyncRPCClient(_ClientBase):
 
     It may be created anywhere, inside an event loop or not (at import time, in a
     constructor): it connects on first use, and is then bound to the loop that used it.
+    `fanout_reports` is called on that loop.
 
     >>> import asyncio
     >>> from grpcrpc.discovery import StaticResolver
@@ -465,6 +469,7 @@ class AsyncRPCClient(_ClientBase):
         allowed_remote_exmods: Iterable[str] = (),
         options: TransportOptions | None = None,
         failure_mapper: FailureMapper | None = None,
+        fanout_reports: Callable[[FanoutReport], object] | None = None,
     ) -> None:
         super().__init__(
             target, timeout=timeout, version_cap=version_cap, serializer=serializer,
@@ -472,6 +477,7 @@ class AsyncRPCClient(_ClientBase):
             failure_mapper=failure_mapper,
         )
         self.transport, self._owns_transport = _transport_for(transport, AsyncTransport, options)
+        self.fanout_reports = fanout_reports
         self._new_id = ev.id_factory()
 
     async def call(self, ctxt: Any, method: str, **kwargs: Any) -> Any:
@@ -529,13 +535,22 @@ class AsyncRPCClient(_ClientBase):
                               own_az=t.options.az)
         if self.target.fanout:
             what = self._what(method)
+            on_report = self.fanout_reports
             if t.options.use_broadcaster:
                 try:
-                    return await t.broadcast(self.target, data, timeout, what)
+                    report = await t.broadcast(self.target, data, timeout, what)
                 except NoEndpoints as err:
                     self._check_fallback(err)
+                else:
+                    if on_report is None:
+                        return report
+                    on_report(report)
+                    return None
             endpoints = t.fanout_targets(self.target)
-            return await t.fanout(endpoints, msg_id, data, timeout, what)
+            if on_report is None:
+                return await t.fanout(endpoints, msg_id, data, timeout, what)
+            await t.fanout_detached(endpoints, msg_id, data, timeout, what, on_report)
+            return None
         reply = await t.request(
             self.target, msg_id, data, timeout, self._what(method), self.retry, cast=True
         )

@@ -12,9 +12,9 @@ server, so the gaps are bridged by waiting, within the caller's time budget:
 - the server refused the message without running it (overloaded, stopping, handed back) →
   back off briefly and try again (another server, or the same one later).
 
-A fanout cast with plain threads returns once it is on its way to every server, as a fanout
-through RabbitMQ's exchange returns once published; who did not get it is logged when the
-last server has answered (`grpcrpc.transport.detached`). Under eventlet it waits for them.
+A fanout cast returns once it is on its way to every server, as a fanout through RabbitMQ's
+exchange returns once published; who did not get it is logged when the last server has
+answered (`grpcrpc.transport.detached`).
 
 `retry=0` (oslo: "do not retry") and `at_least_once` (oslo: "fail if nobody can take it") fail
 at once instead. Nothing is ever resent once it may have reached a server.
@@ -162,19 +162,21 @@ class Sender:
         self, fields: dict[str, Any], ctxt: Any, method: str, args: dict[str, Any], *,
         call: bool, timeout: float | None, retry: int | None, at_least_once: bool,
     ) -> Any:
-        """The call's result, or None (a cast) or the `FanoutReport` (a fanout cast)."""
+        """The call's result, or None (a cast; a fanout's report is logged when it is in)."""
         what = f"{fields['topic']}.{method}"
         tries = _Tries(what, timeout, retry, at_least_once, asyncio.get_running_loop().time)
         client = await self._ensure(what, timeout)
         while True:
             remaining = tries.remaining()
             prepared = client.prepare(**fields, timeout=remaining, retry=tries.endpoints_retry)
+            if fields.get("fanout"):
+                prepared.fanout_reports = functools.partial(log_fanout_report, what)
             changed = self._changed  # before trying, so a change during the try is not missed
             try:
                 if call:
                     return await prepared.call(ctxt, method, **args)
-                report: FanoutReport | None = await prepared.cast(ctxt, method, **args)
-                return report
+                await prepared.cast(ctxt, method, **args)
+                return None
             except (NoEndpoints, Overloaded) as err:
                 wait_for_change, delay = tries.after(err, remaining)
                 if wait_for_change:

@@ -40,10 +40,9 @@ from grpcrpc import exceptions as gx
 from grpcrpc.deadline import effective_timeout, remaining_time
 from grpcrpc.discovery.base import EMPTY_TABLE, RoutingTable
 from grpcrpc.discovery.etcd import DiscoveryUnavailable, EtcdRegistry
-from grpcrpc.fanout import FanoutReport
 from grpcrpc.oslo import options
 from grpcrpc.oslo._bridge import Bridge, Mailbox, ThreadWorld, current_world
-from grpcrpc.oslo._client import Sender, SyncSender, log_fanout_report
+from grpcrpc.oslo._client import Sender, SyncSender
 from grpcrpc.oslo._rabbit import BothListener, RabbitSide
 from grpcrpc.oslo._routing import BridgeSender, Presence, Router
 from grpcrpc.oslo._wire import RemoteFailure, describe, target_fields
@@ -122,9 +121,8 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
              timeout: float | None = None, call_monitor_timeout: float | None = None,
              retry: int | None = None, transport_options: Any = None) -> Any:
         """A call (`wait_for_reply`) returns the result or raises what the endpoint raised;
-        a cast returns once a server accepted it; a fanout, with plain threads, once it is on
-        its way to every server (who did not get it is logged when all have answered), and
-        under eventlet once every server answered.
+        a cast returns once a server accepted it; a fanout once it is on its way to every
+        server (who did not get it is logged when all have answered).
 
         `call_monitor_timeout` needs no heartbeat messages here: the caller's HTTP/2
         connection to the server is pinged every `keepalive_interval`, so a dead server or a
@@ -189,8 +187,6 @@ class GrpcDriver(base.BaseDriver):  # type: ignore[misc]
             raise self._oslo_error(err, target, message, call, budget, at_least_once) from None
         if call:
             return result
-        if isinstance(result, FanoutReport):  # under eventlet, where a fanout waits for it
-            log_fanout_report(f"{target.topic}.{message['method']}", result)
         return None
 
     def _oslo_error(self, err: gx.GrpcrpcError, target: Any, message: dict[str, Any],

@@ -26,7 +26,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -43,8 +43,10 @@ from grpcrpc.exceptions import (
     MessagingTimeout,
     Overloaded,
 )
+from grpcrpc.fanout import FanoutReport
 from grpcrpc.generated.v1 import transport_pb2 as tpb
 from grpcrpc.target import Target
+from grpcrpc.transport import detached
 from grpcrpc.transport.base import (
     BATCHES_METHOD,
     FANOUT_METHOD,
@@ -70,6 +72,9 @@ from grpcrpc.transport.base import (
 from grpcrpc.transport.batching import BATCH_BYTES, Outbox
 
 __all__ = ["AsyncTransport"]
+
+# How long close() waits for detached fanouts' answers when casts have no acceptance bound.
+_CLOSE_WAIT = 5.0
 
 log = logging.getLogger("grpcrpc.transport")
 
@@ -192,12 +197,50 @@ class _Stream:
             await asyncio.gather(self._reader, return_exceptions=True)
 
 
+class _Part(detached.Part):
+    """A detached fanout's envelope to one server, settled when its reply future is done;
+    resent by a task after the backoff."""
+
+    __slots__ = ("conn", "transport")
+
+    def __init__(self, transport: AsyncTransport, conn: _Conn, endpoint: Endpoint,
+                 fan: detached.Fanout, msg_id: str, data: bytes,
+                 deadline: float | None) -> None:
+        super().__init__(endpoint, fan, msg_id, data, deadline, transport.balancer.ejections.eject)
+        self.transport, self.conn = transport, conn
+
+    async def send(self) -> None:
+        """Queue it on the server's stream (again); a failure to queue settles it."""
+        try:
+            fut = await self.conn.stream().request(self.msg_id, self.data)
+        except (NotSent, GrpcrpcError) as err:
+            self.settle(None, err)
+            return
+        fut.add_done_callback(self._answered)
+
+    def _answered(self, fut: asyncio.Future[ev.Reply]) -> None:
+        if fut.cancelled():
+            self.settle(None, ClientClosed("the transport is closed"))
+        elif (error := fut.exception()) is not None:
+            self.settle(None, error)
+        else:
+            self.settle(fut.result())
+
+    def _release(self) -> None:
+        self.conn.window.release()
+
+    def _later(self, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, lambda: self.transport._spawn(self.send()))
+
+
 class _Conn:
     def __init__(
         self, channel: grpc.aio.Channel, address: str, n: int,
         metadata: tuple[tuple[str, str], ...], max_bytes: int,
     ) -> None:
         self.channel = channel
+        # Room for detached fanout envelopes unanswered on this connection.
+        self.window = asyncio.Semaphore(detached.WINDOW)
         self.address = address
         self.fanout = channel.unary_unary(FANOUT_METHOD)
         self.unary = channel.unary_unary(UNARY_METHOD)
@@ -247,6 +290,7 @@ class AsyncTransport(TransportBase):
         self._metadata = call_metadata(self.options) or ()
         self._tasks: set[asyncio.Task[None]] = set()
         self._watching = False
+        self._detached = detached.Live()  # detached fanouts whose report is still due
 
     def _conn(self, address: str) -> _Conn:
         conn = self._conns.get(address)
@@ -424,12 +468,12 @@ class AsyncTransport(TransportBase):
     async def fanout(
         self, endpoints: Sequence[Endpoint], msg_id: str, data: bytes, timeout: float | None,
         what: str, parallelism: int | None = None,
-    ) -> fanout.FanoutReport:
+    ) -> FanoutReport:
         """Send one cast envelope to every endpoint, at most `parallelism` at once; who
         accepted it."""
         check_size(data, self.options, what)
-        limit = asyncio.Semaphore(parallelism) if parallelism else None
         timeout = cast_wait(timeout, self.options)  # each server's acceptance
+        limit = asyncio.Semaphore(parallelism) if parallelism else None
 
         async def one(endpoint: Endpoint) -> fanout.Failed | None:
             if limit is None:
@@ -459,8 +503,49 @@ class AsyncTransport(TransportBase):
         results = await asyncio.gather(*(one(e) for e in endpoints))
         return fanout.report(len(endpoints), [f for f in results if f is not None])
 
+    async def fanout_detached(self, endpoints: Sequence[Endpoint], msg_id: str, data: bytes,
+                              timeout: float | None, what: str,
+                              on_report: Callable[[FanoutReport], object]) -> None:
+        """`fanout`, detached: returns once the envelope is queued for every server; the report
+        goes to `on_report` (on the loop) when the last one answered
+        (`grpcrpc.transport.detached`)."""
+        check_size(data, self.options, what)
+        timeout = cast_wait(timeout, self.options)  # each server's acceptance
+        fan = detached.Fanout(len(endpoints), on_report, on_settled=self._done,
+                              live=self._detached)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for endpoint in endpoints:
+                self.balancer.begin(endpoint.address)
+                try:
+                    conn = self._conn(endpoint.address)
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    async with asyncio.timeout(left):
+                        await conn.window.acquire()
+                except TimeoutError:
+                    fan.failed_now(detached.part_failure(
+                        endpoint, MessagingTimeout(f"no room within {timeout:g}s"),
+                        self.balancer.ejections.eject))
+                    self._done(endpoint.address)
+                    continue
+                except (NotSent, GrpcrpcError) as err:
+                    fan.failed_now(detached.part_failure(endpoint, err,
+                                                         self.balancer.ejections.eject))
+                    self._done(endpoint.address)
+                    continue
+                fan.sending()
+                await _Part(self, conn, endpoint, fan, msg_id, data, deadline).send()
+        finally:
+            fan.sent_all()
+
     async def close(self) -> None:
-        """Close every stream and channel (messages in flight fail with `DeliveryError`)."""
+        """Close every stream and channel (messages in flight fail with `DeliveryError`), once
+        the detached fanouts sent have been answered (waiting at most `cast_accept_timeout`)."""
+        if self._closed:
+            return
+        until = time.monotonic() + (self.options.cast_accept_timeout or _CLOSE_WAIT)
+        while self._detached.due and time.monotonic() < until:
+            await asyncio.sleep(0.005)  # answers arrive on this loop: let them in
         if self._closed:
             return
         conns = list(self._conns.values()) + list(self._retiring.values())

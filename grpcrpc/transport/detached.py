@@ -35,12 +35,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from grpcrpc import envelope as ev
 from grpcrpc import fanout
+from grpcrpc.exceptions import MessagingTimeout
 from grpcrpc.fanout import Failed, FanoutReport
+from grpcrpc.transport.base import NotSent
 
-__all__ = ["WINDOW", "Fanout", "Live"]
+if TYPE_CHECKING:
+    from grpcrpc.discovery.base import Endpoint
+
+__all__ = ["WINDOW", "Fanout", "Live", "Part", "part_failure"]
 
 log = logging.getLogger("grpcrpc.transport")
 
@@ -48,6 +56,8 @@ log = logging.getLogger("grpcrpc.transport")
 # per connection by default (`Limits.per_connection`): a window well inside that is never
 # refused for being too many, and deep enough that the servers see batches.
 WINDOW = 64
+# An envelope a full server refused goes again after this long, doubling up to the second.
+RESEND_FIRST, RESEND_MAX = 0.005, 0.5
 
 
 class Live:
@@ -66,6 +76,10 @@ class Live:
             self._n -= 1
             if not self._n:
                 self._cond.notify_all()
+
+    @property
+    def due(self) -> int:
+        return self._n
 
     def wait_settled(self, timeout: float | None) -> bool:
         """True once every report was made (False if `timeout` passed first)."""
@@ -124,3 +138,65 @@ class Fanout:
         finally:
             if self._live is not None:
                 self._live.done()
+
+
+def part_failure(endpoint: Endpoint, error: BaseException,
+                 eject: Callable[[str], object]) -> Failed:
+    """Why one server did not get a fanout, from the error its envelope met. One that could not
+    be reached (`NotSent`) is also ejected: skipped in picks for a while."""
+    if isinstance(error, NotSent):
+        eject(endpoint.address)
+        return Failed(endpoint.address, endpoint.server, f"unreachable, not sent: {error}")
+    if isinstance(error, MessagingTimeout | TimeoutError):
+        return Failed(endpoint.address, endpoint.server, "timed out")
+    return Failed(endpoint.address, endpoint.server, f"{type(error).__name__}: {error}")
+
+
+class Part:
+    """A detached fanout's envelope to one server; each transport says how it is sent
+    (`send`), how a resend is scheduled (`_later`) and how its room in the window is freed
+    (`_release`).
+
+    Settled once with the server's reply or the error it met. A server that refused it unrun
+    because it is full (OVERLOADED) gets it again after a backoff, while the cast's acceptance
+    wait lasts: the window bounds what waits for an answer, not what a server holds (it holds a
+    cast until its endpoint has run it), so a sender faster than a slow server's endpoints meets
+    its admission limit; the refusal says the envelope never ran, so sending it again cannot
+    deliver it twice.
+    """
+
+    __slots__ = ("backoff", "data", "deadline", "eject", "endpoint", "fan", "msg_id")
+
+    def __init__(self, endpoint: Endpoint, fan: Fanout, msg_id: str, data: bytes,
+                 deadline: float | None, eject: Callable[[str], object]) -> None:
+        self.endpoint, self.fan, self.msg_id, self.data = endpoint, fan, msg_id, data
+        self.deadline, self.eject = deadline, eject
+        self.backoff = RESEND_FIRST
+
+    def settle(self, reply: ev.Reply | None, error: BaseException | None = None) -> None:
+        if (reply is not None and reply.WhichOneof("outcome") == "failure"
+                and reply.failure.code == ev.ErrorCode.OVERLOADED and self._again()):
+            return
+        self._release()
+        endpoint = self.endpoint
+        failed = (part_failure(endpoint, error, self.eject) if error is not None
+                  else fanout.failed_for(endpoint.address, endpoint.server, reply))
+        self.fan.arrived(endpoint.address, failed)
+
+    def left(self) -> float | None:
+        """Seconds left of the cast's acceptance wait (None: unbounded)."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def _again(self) -> bool:
+        delay = self.backoff
+        if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+            return False  # no time left: it is reported as refused
+        self.backoff = min(2 * delay, RESEND_MAX)
+        self._later(delay)
+        return True
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def _later(self, delay: float) -> None:
+        raise NotImplementedError

@@ -85,8 +85,6 @@ log = logging.getLogger("grpcrpc.transport")
 STREAM_FANOUT_LIMIT = 64
 # How long close() waits for detached fanouts' answers when casts have no acceptance bound.
 _CLOSE_WAIT = 5.0
-# A detached fanout's envelope refused by a full server goes again after this, doubling.
-_RESEND_FIRST, _RESEND_MAX = 0.005, 0.5
 _Item = tuple[bytes, str | None]  # an envelope, and the id of the caller waiting for its reply
 _END: _Item = (b"", None)  # the queue's last item (compared by identity): the stream half-closes
 
@@ -108,36 +106,17 @@ class _Waiter:
         self.lock.release()
 
 
-class _Part:
+class _Part(detached.Part):
     """A detached fanout's envelope to one server, settled as a `_Waiter` is (by the stream's
-    reader thread, or by a unary RPC's completion): frees its room in the connection's window
-    and tells the fanout how it went.
+    reader thread, or by a unary RPC's completion); resent from a timer thread."""
 
-    A server that refuses it unrun because it is full (OVERLOADED) gets it again after a
-    backoff, while the cast's acceptance wait lasts: the window bounds what waits for an
-    answer, not what a server holds (it holds a cast until its endpoint has run it), so a
-    sender faster than a slow server's endpoints meets its admission limit, and a refusal says
-    the envelope never ran, so sending it again cannot deliver it twice."""
-
-    __slots__ = ("backoff", "conn", "data", "deadline", "endpoint", "fan", "msg_id",
-                 "transport", "unary")
+    __slots__ = ("conn", "transport", "unary")
 
     def __init__(self, transport: SyncTransport, conn: _Conn, endpoint: Endpoint,
                  fan: detached.Fanout, msg_id: str, data: bytes, unary: bool,
                  deadline: float | None) -> None:
-        self.transport, self.conn, self.endpoint, self.fan = transport, conn, endpoint, fan
-        self.msg_id, self.data, self.unary, self.deadline = msg_id, data, unary, deadline
-        self.backoff = _RESEND_FIRST
-
-    def settle(self, reply: ev.Reply | None, error: BaseException | None = None) -> None:
-        if (reply is not None and reply.WhichOneof("outcome") == "failure"
-                and reply.failure.code == ev.ErrorCode.OVERLOADED and self._again()):
-            return
-        self.conn.window.release()
-        endpoint = self.endpoint
-        failed = (self.transport._fanout_failure(endpoint, error) if error is not None
-                  else fanout.failed_for(endpoint.address, endpoint.server, reply))
-        self.fan.arrived(endpoint.address, failed)
+        super().__init__(endpoint, fan, msg_id, data, deadline, transport.balancer.ejections.eject)
+        self.transport, self.conn, self.unary = transport, conn, unary
 
     def settle_unary(self, future: Any) -> None:
         try:
@@ -152,7 +131,7 @@ class _Part:
         try:
             if self.unary or len(self.data) > BATCH_BYTES:
                 future = self.conn.unary.future(self.data, metadata=self.transport._metadata,
-                                                timeout=_left(self.deadline))
+                                                timeout=self.left())
                 future.add_done_callback(self.settle_unary)
             else:
                 self.conn.stream().request(self.msg_id, self.data, self)
@@ -161,19 +140,13 @@ class _Part:
         except (NotSent, GrpcrpcError) as err:
             self.settle(None, err)
 
-    def _again(self) -> bool:
-        delay = self.backoff
-        if self.deadline is not None and time.monotonic() + delay >= self.deadline:
-            return False  # no time left: it is reported as refused
-        self.backoff = min(2 * delay, _RESEND_MAX)
+    def _release(self) -> None:
+        self.conn.window.release()
+
+    def _later(self, delay: float) -> None:
         timer = threading.Timer(delay, self.send)
         timer.daemon = True
         timer.start()
-        return True
-
-
-def _left(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 class _Stream:
@@ -579,11 +552,9 @@ class SyncTransport(TransportBase):
 
     def fanout(
         self, endpoints: Sequence[Endpoint], msg_id: str, data: bytes, timeout: float | None,
-        what: str, on_report: Callable[[fanout.FanoutReport], object] | None = None,
-    ) -> fanout.FanoutReport | None:
-        """Send one cast envelope to every endpoint at once; who accepted it. With `on_report`
-        it is detached: it returns None once the envelope is on its way to every server, and
-        the report goes to `on_report` (from another thread) when the last one answered.
+        what: str,
+    ) -> fanout.FanoutReport:
+        """Send one cast envelope to every endpoint at once; who accepted it.
 
         To a few servers it goes on each one's stream (kept for the next message); to many,
         as one unary RPC each: a stream holds two threads here (its reader and gRPC's writer),
@@ -592,9 +563,6 @@ class SyncTransport(TransportBase):
         check_size(data, self.options, what)
         unary = len(endpoints) > STREAM_FANOUT_LIMIT
         timeout = cast_wait(timeout, self.options)  # each server's acceptance, all at once
-        if on_report is not None:
-            self._fanout_detached(endpoints, msg_id, data, timeout, unary, on_report)
-            return None
         deadline = None if timeout is None else time.monotonic() + timeout
         sent: list[tuple[Endpoint, Callable[[float | None], ev.Reply]]] = []
         failures = []
@@ -622,9 +590,15 @@ class SyncTransport(TransportBase):
                 failures.append(failed)
         return fanout.report(len(endpoints), failures)
 
-    def _fanout_detached(self, endpoints: Sequence[Endpoint], msg_id: str, data: bytes,
-                         timeout: float | None, unary: bool,
-                         on_report: Callable[[FanoutReport], object]) -> None:
+    def fanout_detached(self, endpoints: Sequence[Endpoint], msg_id: str, data: bytes,
+                        timeout: float | None, what: str,
+                        on_report: Callable[[FanoutReport], object]) -> None:
+        """`fanout`, detached: returns once the envelope is on its way to every server; the
+        report goes to `on_report` (from another thread) when the last one answered
+        (`grpcrpc.transport.detached`)."""
+        check_size(data, self.options, what)
+        unary = len(endpoints) > STREAM_FANOUT_LIMIT
+        timeout = cast_wait(timeout, self.options)  # each server's acceptance, all at once
         fan = detached.Fanout(len(endpoints), on_report, on_settled=self._done,
                               live=self._detached)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -633,7 +607,7 @@ class SyncTransport(TransportBase):
                 self.balancer.begin(endpoint.address)
                 try:
                     conn = self._conn(endpoint.address)
-                    left = _left(deadline)
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
                     if not conn.window.acquire(timeout=-1 if left is None else left):
                         raise MessagingTimeout(f"{endpoint.address}: no room for the fanout "
                                                f"within {timeout:g}s")
@@ -647,12 +621,7 @@ class SyncTransport(TransportBase):
             fan.sent_all()
 
     def _fanout_failure(self, endpoint: Endpoint, err: BaseException) -> Failed:
-        if isinstance(err, NotSent):  # it could not be reached: skip it in picks for a while
-            self.balancer.ejections.eject(endpoint.address)
-            return Failed(endpoint.address, endpoint.server, f"unreachable, not sent: {err}")
-        if isinstance(err, MessagingTimeout):
-            return Failed(endpoint.address, endpoint.server, "timed out")
-        return Failed(endpoint.address, endpoint.server, f"{type(err).__name__}: {err}")
+        return detached.part_failure(endpoint, err, self.balancer.ejections.eject)
 
     def close(self) -> None:
         """Close every connection (calls in flight fail with `ClientClosed`), once the detached

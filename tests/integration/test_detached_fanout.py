@@ -115,3 +115,39 @@ def test_close_waits_for_what_was_sent(cluster: Cluster, counters: list[Counter]
     client.close()  # right away: the envelopes may still be queued
     assert len(reports.got) == 50 and all(r.ok for r in reports.got)
     wait_until(lambda: all(len(c.seen) == 50 for c in counters), what="all 50 everywhere")
+
+
+async def test_asyncio_twin_returns_once_queued_and_reports_later(
+        cluster: Cluster, counters: list[Counter]) -> None:
+    dead = Endpoint(f"127.0.0.1:{free_port()}", "compute", "ghost")
+    cluster.discovery.announce(dead)
+    reports = Reports()
+    client = cluster.async_client(Target(topic="compute", fanout=True), DIRECT,
+                                  fanout_reports=reports)
+    for i in range(100):
+        assert await client.cast({}, "update", n=i) is None
+    await client.close()  # waits for the reports due
+    assert len(reports.got) == 100
+    assert {(r.targets, r.delivered) for r in reports.got} == {(4, 3)}
+    assert {f.server for r in reports.got for f in r.failures} == {"ghost"}
+    wait_until(lambda: all(sorted(c.seen) == list(range(100)) for c in counters),
+               what="every live server got every fanout, once")
+
+
+async def test_asyncio_twin_resends_what_a_full_server_refused() -> None:
+    n = 6 * detached.WINDOW
+    slow = [Counter(delay=0.0005), Counter(delay=0.0005)]
+    with Cluster() as cluster:
+        for i, counter in enumerate(slow):
+            cluster.serve(Target(topic="compute", server=f"s{i}"), [counter],
+                          limits=Limits(per_connection=2 * detached.WINDOW, threads=2,
+                                        queue=4 * detached.WINDOW))
+        reports = Reports()
+        client = cluster.async_client(Target(topic="compute", fanout=True), DIRECT,
+                                      fanout_reports=reports)
+        for i in range(n):
+            await client.cast({}, "update", n=i)
+        await client.close()
+        assert len(reports.got) == n and all(r.ok for r in reports.got)
+        wait_until(lambda: all(sorted(c.seen) == list(range(n)) for c in slow), timeout=30,
+                   what="every fanout on every server, once")
