@@ -204,9 +204,8 @@ class _Part(detached.Part):
     __slots__ = ("conn", "transport")
 
     def __init__(self, transport: AsyncTransport, conn: _Conn, endpoint: Endpoint,
-                 fan: detached.Fanout, msg_id: str, data: bytes,
-                 deadline: float | None) -> None:
-        super().__init__(endpoint, fan, msg_id, data, deadline, transport.balancer.ejections.eject)
+                 fan: detached.Fanout, msg_id: str, data: bytes) -> None:
+        super().__init__(endpoint, fan, msg_id, data)
         self.transport, self.conn = transport, conn
 
     async def send(self) -> None:
@@ -512,29 +511,23 @@ class AsyncTransport(TransportBase):
         check_size(data, self.options, what)
         timeout = cast_wait(timeout, self.options)  # each server's acceptance
         fan = detached.Fanout(len(endpoints), on_report, on_settled=self._done,
-                              live=self._detached)
-        deadline = None if timeout is None else time.monotonic() + timeout
+                              live=self._detached, timeout=timeout,
+                              eject=self.balancer.ejections.eject)
         try:
             for endpoint in endpoints:
                 self.balancer.begin(endpoint.address)
                 try:
                     conn = self._conn(endpoint.address)
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    async with asyncio.timeout(left):
-                        await conn.window.acquire()
-                except TimeoutError:
-                    fan.failed_now(detached.part_failure(
-                        endpoint, MessagingTimeout(f"no room within {timeout:g}s"),
-                        self.balancer.ejections.eject))
-                    self._done(endpoint.address)
-                    continue
+                    try:
+                        async with asyncio.timeout(fan.left()):
+                            await conn.window.acquire()
+                    except TimeoutError:
+                        raise fan.no_room(endpoint) from None
                 except (NotSent, GrpcrpcError) as err:
-                    fan.failed_now(detached.part_failure(endpoint, err,
-                                                         self.balancer.ejections.eject))
-                    self._done(endpoint.address)
+                    fan.not_sent(endpoint, err)
                     continue
                 fan.sending()
-                await _Part(self, conn, endpoint, fan, msg_id, data, deadline).send()
+                await _Part(self, conn, endpoint, fan, msg_id, data).send()
         finally:
             fan.sent_all()
 

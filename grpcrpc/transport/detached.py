@@ -20,7 +20,7 @@ reported, only later. Nothing is sent twice and nothing is held back silently:
 - closing the transport first waits (at most the acceptance wait) for the reports due.
 
 >>> reports = []
->>> fan = Fanout(2, reports.append, on_settled=lambda address: None)
+>>> fan = Fanout(2, reports.append, on_settled=lambda address: None, timeout=5.0)
 >>> fan.sending(); fan.sending()
 >>> fan.arrived("a:1", None)
 >>> fan.sent_all()
@@ -92,8 +92,13 @@ class Fanout:
     answer arrives (from reader threads, in any order) and the last one makes the report."""
 
     def __init__(self, targets: int, on_report: Callable[[FanoutReport], object], *,
-                 on_settled: Callable[[str], None], live: Live | None = None) -> None:
+                 on_settled: Callable[[str], None], live: Live | None = None,
+                 timeout: float | None = None,
+                 eject: Callable[[str], object] = lambda address: None) -> None:
         self._targets = targets
+        self.timeout = timeout  # each server's acceptance wait
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.eject = eject
         self._on_report = on_report
         self._on_settled = on_settled
         self._live = live
@@ -108,10 +113,20 @@ class Fanout:
         with self._lock:
             self._left += 1
 
-    def failed_now(self, failed: Failed) -> None:
-        """A server that could not be sent to at all."""
+    def left(self) -> float | None:
+        """Seconds left of the acceptance wait (None: unbounded)."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def no_room(self, endpoint: Endpoint) -> MessagingTimeout:
+        return MessagingTimeout(f"{endpoint.address}: no room for the fanout within "
+                                f"{self.timeout:g}s")
+
+    def not_sent(self, endpoint: Endpoint, error: BaseException) -> None:
+        """A server that could not be sent to at all (its request is over)."""
+        failed = part_failure(endpoint, error, self.eject)
         with self._lock:
             self._failures.append(failed)
+        self._on_settled(endpoint.address)
 
     def arrived(self, address: str, failed: Failed | None) -> None:
         """One server's part is settled: `failed` says how, if it did not accept."""
@@ -165,12 +180,10 @@ class Part:
     deliver it twice.
     """
 
-    __slots__ = ("backoff", "data", "deadline", "eject", "endpoint", "fan", "msg_id")
+    __slots__ = ("backoff", "data", "endpoint", "fan", "msg_id")
 
-    def __init__(self, endpoint: Endpoint, fan: Fanout, msg_id: str, data: bytes,
-                 deadline: float | None, eject: Callable[[str], object]) -> None:
+    def __init__(self, endpoint: Endpoint, fan: Fanout, msg_id: str, data: bytes) -> None:
         self.endpoint, self.fan, self.msg_id, self.data = endpoint, fan, msg_id, data
-        self.deadline, self.eject = deadline, eject
         self.backoff = RESEND_FIRST
 
     def settle(self, reply: ev.Reply | None, error: BaseException | None = None) -> None:
@@ -179,17 +192,14 @@ class Part:
             return
         self._release()
         endpoint = self.endpoint
-        failed = (part_failure(endpoint, error, self.eject) if error is not None
+        failed = (part_failure(endpoint, error, self.fan.eject) if error is not None
                   else fanout.failed_for(endpoint.address, endpoint.server, reply))
         self.fan.arrived(endpoint.address, failed)
 
-    def left(self) -> float | None:
-        """Seconds left of the cast's acceptance wait (None: unbounded)."""
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-
     def _again(self) -> bool:
         delay = self.backoff
-        if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+        deadline = self.fan.deadline
+        if deadline is not None and time.monotonic() + delay >= deadline:
             return False  # no time left: it is reported as refused
         self.backoff = min(2 * delay, RESEND_MAX)
         self._later(delay)

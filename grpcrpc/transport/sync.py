@@ -29,10 +29,9 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -43,18 +42,15 @@ from grpcrpc._errors import map_rpc_error, never_sent
 from grpcrpc.discovery.base import Endpoint, Resolver
 from grpcrpc.exceptions import (
     ClientClosed,
-    DeliveryError,
     GrpcrpcError,
     MessagingTimeout,
     Overloaded,
-    Unauthorized,
 )
 from grpcrpc.fanout import Failed, FanoutReport
-from grpcrpc.generated.v1 import transport_pb2 as tpb
 from grpcrpc.target import Target
 from grpcrpc.transport import detached
+from grpcrpc.transport._sync_stream import Stream, Waiter
 from grpcrpc.transport.base import (
-    BATCHES_METHOD,
     FANOUT_METHOD,
     PROBE_METHOD,
     UNARY_METHOD,
@@ -64,7 +60,6 @@ from grpcrpc.transport.base import (
     TransportBase,
     TransportOptions,
     broadcaster_target,
-    broken_stream_error,
     call_metadata,
     cancel_envelope,
     cast_wait,
@@ -75,7 +70,7 @@ from grpcrpc.transport.base import (
     rpc_failure,
     settle_probe,
 )
-from grpcrpc.transport.batching import BATCH_BYTES, frame
+from grpcrpc.transport.batching import BATCH_BYTES
 
 __all__ = ["SyncTransport"]
 
@@ -85,37 +80,15 @@ log = logging.getLogger("grpcrpc.transport")
 STREAM_FANOUT_LIMIT = 64
 # How long close() waits for detached fanouts' answers when casts have no acceptance bound.
 _CLOSE_WAIT = 5.0
-_Item = tuple[bytes, str | None]  # an envelope, and the id of the caller waiting for its reply
-_END: _Item = (b"", None)  # the queue's last item (compared by identity): the stream half-closes
-
-
-class _Waiter:
-    """One caller waiting for one reply: a lock it blocks on, released by the reader thread
-    (a bare lock is the cheapest cross-thread wake-up Python has)."""
-
-    __slots__ = ("error", "lock", "reply")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
-        self.reply: ev.Reply | None = None
-        self.error: BaseException | None = None
-
-    def settle(self, reply: ev.Reply | None, error: BaseException | None = None) -> None:
-        self.reply, self.error = reply, error
-        self.lock.release()
-
-
 class _Part(detached.Part):
-    """A detached fanout's envelope to one server, settled as a `_Waiter` is (by the stream's
+    """A detached fanout's envelope to one server, settled as a `Waiter` is (by the stream's
     reader thread, or by a unary RPC's completion); resent from a timer thread."""
 
     __slots__ = ("conn", "transport", "unary")
 
     def __init__(self, transport: SyncTransport, conn: _Conn, endpoint: Endpoint,
-                 fan: detached.Fanout, msg_id: str, data: bytes, unary: bool,
-                 deadline: float | None) -> None:
-        super().__init__(endpoint, fan, msg_id, data, deadline, transport.balancer.ejections.eject)
+                 fan: detached.Fanout, msg_id: str, data: bytes, unary: bool) -> None:
+        super().__init__(endpoint, fan, msg_id, data)
         self.transport, self.conn, self.unary = transport, conn, unary
 
     def settle_unary(self, future: Any) -> None:
@@ -131,7 +104,7 @@ class _Part(detached.Part):
         try:
             if self.unary or len(self.data) > BATCH_BYTES:
                 future = self.conn.unary.future(self.data, metadata=self.transport._metadata,
-                                                timeout=self.left())
+                                                timeout=self.fan.left())
                 future.add_done_callback(self.settle_unary)
             else:
                 self.conn.stream().request(self.msg_id, self.data, self)
@@ -149,159 +122,6 @@ class _Part(detached.Part):
         timer.start()
 
 
-class _Stream:
-    """One envelope stream: a queue gRPC's writer thread drains in batches, and a reader
-    thread that settles waiters by message id."""
-
-    def __init__(self, channel: grpc.Channel, address: str,
-                 metadata: tuple[tuple[str, str], ...] | None, max_bytes: int) -> None:
-        self.address = address
-        self._max_bytes = min(max_bytes, BATCH_BYTES)
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
-        self._pending: dict[str, _Waiter | _Part] = {}
-        # Guards `broken` against registering: no waiter joins a stream that has been settled.
-        self._lock = threading.Lock()
-        self.broken = False
-        self._why = "stream closed"  # why it broke, for a caller who comes after
-        # A server that refused the stream itself (no valid credentials) refuses the next
-        # message too: that caller hears the refusal, not "try another endpoint".
-        self._refused: Unauthorized | None = None
-        self._closing = False
-        # When the server was last heard from (or, while nothing waited, last sent to).
-        self.heard = time.monotonic()
-        self._call = channel.stream_stream(BATCHES_METHOD)(self._requests(), metadata=metadata)
-        threading.Thread(target=self._read, name=f"grpcrpc-stream-{address}", daemon=True).start()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)
-
-    def request(self, msg_id: str, data: bytes, waiter: _Waiter | _Part | None = None
-                ) -> _Waiter | _Part:
-        """Queue one envelope; the waiter its reply settles (a new `_Waiter` unless given).
-        `NotSent` if the stream is gone."""
-        if waiter is None:
-            waiter = _Waiter()
-        with self._lock:
-            if self.broken:
-                if self._refused is not None:
-                    raise Unauthorized(str(self._refused))
-                raise NotSent(self._why)
-            if not self._pending:  # silence counts from the first message waiting
-                self.heard = time.monotonic()
-            self._pending[msg_id] = waiter
-            self._queue.put((data, msg_id))
-        return waiter
-
-    def forget(self, msg_id: str) -> _Waiter | _Part | None:
-        return self._pending.pop(msg_id, None)
-
-    def send_only(self, data: bytes) -> None:
-        """Queue a control envelope (cancel) that gets no reply; best effort."""
-        with self._lock:
-            if not self.broken:
-                self._queue.put((data, None))
-
-    def _requests(self) -> Iterator[bytes]:
-        """gRPC's writer thread: everything queued since the last write, as one batch.
-
-        When more of this stream's callers wait for replies than the batch carries, the writer
-        first yields the GIL once (`time.sleep(0)`): callers that a reply batch just woke are
-        about to queue their next envelopes, and a write costs the same (a round of thread
-        wake-ups on both sides) for one envelope as for many. Measured with oslo's API, 32
-        threads casting: batches of 1.2 envelopes became 4.4, and the CPU per cast halved on
-        both sides. A lone caller never waits (nobody else is in flight)."""
-        get = self._queue.get
-        carry: _Item | None = None
-        while True:
-            item = carry if carry is not None else get()
-            if item is _END:
-                return
-            batch, size = [item[0]], len(item[0]) + 10
-            carry = self._more(batch, size)
-            if carry is None and len(self._pending) > 2 * len(batch):
-                time.sleep(0)
-                carry = self._more(batch, sum(len(d) + 10 for d in batch))
-            yield frame(batch)
-            if carry is _END:
-                return
-
-    def _more(self, batch: list[bytes], size: int) -> _Item | None:
-        """Add what is queued to `batch` up to the size limit; the item that did not fit (or
-        the end), if any."""
-        get_nowait, limit = self._queue.get_nowait, self._max_bytes
-        while True:
-            try:
-                item = get_nowait()
-            except queue.Empty:
-                return None
-            if item is _END or size + len(item[0]) + 10 > limit:
-                return item
-            batch.append(item[0])
-            size += len(item[0]) + 10
-
-    def _read(self) -> None:
-        failure: BaseException = DeliveryError("stream closed by the server")
-        try:
-            for raw in self._call:
-                self.heard = time.monotonic()
-                try:
-                    replies = tpb.ReplyBatch.FromString(raw).replies
-                except Exception:  # DecodeError: one garbled batch must not take others down
-                    continue
-                pending = self._pending
-                for reply in replies:
-                    waiter = pending.pop(reply.id, None)
-                    if waiter is not None:
-                        waiter.settle(reply)
-        except grpc.RpcError as err:  # NotSent if the stream never connected
-            failure = rpc_failure(err, f"stream @ {self.address}")
-        except Exception as err:
-            failure = DeliveryError(f"stream @ {self.address}: {type(err).__name__}: {err}")
-        finally:
-            self._settle_all(ClientClosed("the transport is closed") if self._closing else failure)
-
-    def _settle_all(self, failure: BaseException) -> None:
-        with self._lock:
-            self.broken = True
-            self._why = str(failure) or self._why
-            if isinstance(failure, Unauthorized):
-                self._refused = failure
-            unsent: set[str] = set()
-            while True:  # still queued: provably never written, safe to send elsewhere
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item[1] is not None:
-                    unsent.add(item[1])
-            self._queue.put(_END)  # release gRPC's writer if it waits for more
-            pending, self._pending = self._pending, {}
-        error = broken_stream_error(failure)
-        for msg_id, waiter in pending.items():
-            # Unsent messages may go elsewhere, unless the server refused the stream for our
-            # credentials (before reading it): then that refusal is their answer too.
-            # A stream that never connected says why (a refused TLS handshake reads as one).
-            if msg_id in unsent and not isinstance(failure, Unauthorized):
-                waiter.settle(None, failure if isinstance(failure, NotSent) else
-                              NotSent(f"stream @ {self.address} broke before sending"))
-            else:
-                waiter.settle(None, error)
-
-    def fail(self, failure: BaseException) -> None:
-        """Give up on the stream: what is still queued fails as `NotSent`, what was written as
-        `broken_stream_error(failure)`; the next message opens a new stream."""
-        self._settle_all(failure)
-        self._call.cancel()
-
-    def close(self) -> None:
-        self._closing = True
-        with self._lock:
-            if not self.broken:
-                self._queue.put(_END)
-        self._call.cancel()
-
-
 class _Conn:
     def __init__(self, channel: grpc.Channel, address: str, n: int,
                  metadata: tuple[tuple[str, str], ...] | None, max_bytes: int) -> None:
@@ -314,24 +134,24 @@ class _Conn:
         self.liveness = Liveness()
         self._metadata = metadata
         self._max_bytes = max_bytes
-        self._streams: list[_Stream | None] = [None] * max(1, n)
+        self._streams: list[Stream | None] = [None] * max(1, n)
         # Room for detached fanout envelopes unanswered on this connection.
         self.window = threading.BoundedSemaphore(detached.WINDOW)
         self._next = itertools.count()
         self._lock = threading.Lock()
 
-    def stream(self) -> _Stream:
+    def stream(self) -> Stream:
         i = next(self._next) % len(self._streams)
         s = self._streams[i]
         if s is None or s.broken:
             with self._lock:
                 s = self._streams[i]
                 if s is None or s.broken:
-                    s = self._streams[i] = _Stream(self.channel, self.address, self._metadata,
+                    s = self._streams[i] = Stream(self.channel, self.address, self._metadata,
                                                    self._max_bytes)
         return s
 
-    def streams(self) -> list[_Stream | None]:
+    def streams(self) -> list[Stream | None]:
         return list(self._streams)
 
     def close(self) -> None:
@@ -490,7 +310,7 @@ class SyncTransport(TransportBase):
             stream = conn.stream()
         except ValueError as err:  # the channel was closed under us by close()
             raise ClientClosed(f"{what}: {err}") from None
-        waiter = _Waiter()
+        waiter = Waiter()
         stream.request(msg_id, data, waiter)
 
         def finish(timeout: float | None) -> ev.Reply:
@@ -600,23 +420,21 @@ class SyncTransport(TransportBase):
         unary = len(endpoints) > STREAM_FANOUT_LIMIT
         timeout = cast_wait(timeout, self.options)  # each server's acceptance, all at once
         fan = detached.Fanout(len(endpoints), on_report, on_settled=self._done,
-                              live=self._detached)
-        deadline = None if timeout is None else time.monotonic() + timeout
+                              live=self._detached, timeout=timeout,
+                              eject=self.balancer.ejections.eject)
         try:
             for endpoint in endpoints:
                 self.balancer.begin(endpoint.address)
                 try:
                     conn = self._conn(endpoint.address)
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    left = fan.left()
                     if not conn.window.acquire(timeout=-1 if left is None else left):
-                        raise MessagingTimeout(f"{endpoint.address}: no room for the fanout "
-                                               f"within {timeout:g}s")
+                        raise fan.no_room(endpoint)
                 except (NotSent, GrpcrpcError) as err:
-                    fan.failed_now(self._fanout_failure(endpoint, err))
-                    self._done(endpoint.address)
+                    fan.not_sent(endpoint, err)
                     continue
                 fan.sending()
-                _Part(self, conn, endpoint, fan, msg_id, data, unary, deadline).send()
+                _Part(self, conn, endpoint, fan, msg_id, data, unary).send()
         finally:
             fan.sent_all()
 

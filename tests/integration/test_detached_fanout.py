@@ -83,27 +83,40 @@ def test_a_server_that_is_gone_is_in_the_report(cluster: Cluster,
     wait_until(lambda: all(c.seen == [7] for c in counters), what="the live ones got it")
 
 
-def test_a_full_server_gets_what_it_refused_again_each_exactly_once() -> None:
-    # A server admitting 2 windows' worth per connection, with a slow endpoint: 6 windows'
-    # worth of fanouts sent back to back fill it, and it refuses some as OVERLOADED (unrun);
-    # those go again, so every server runs every fanout, once.
-    n = 6 * detached.WINDOW
-    slow = [Counter(delay=0.0005), Counter(delay=0.0005)]
+# A server admitting 2 windows' worth per connection, with a slow endpoint: 6 windows' worth
+# of fanouts sent back to back fill it, and it refuses some as OVERLOADED (unrun); those go
+# again, so every server runs every fanout, once.
+FLOOD = 6 * detached.WINDOW
+
+
+@pytest.fixture
+def slow() -> list[Counter]:
+    return [Counter(delay=0.0005), Counter(delay=0.0005)]
+
+
+@pytest.fixture
+def full_cluster(slow: list[Counter]) -> Iterator[Cluster]:
     with Cluster() as cluster:
         for i, counter in enumerate(slow):
             cluster.serve(Target(topic="compute", server=f"s{i}"), [counter],
                           limits=Limits(per_connection=2 * detached.WINDOW, threads=2,
                                         queue=4 * detached.WINDOW))
-        reports = Reports()
-        client = cluster.client(Target(topic="compute", fanout=True), DIRECT,
-                                fanout_reports=reports)
-        for i in range(n):
-            assert client.cast({}, "update", n=i) is None
-        wait_until(lambda: len(reports.got) == n, timeout=30, what="every report")
-        assert [r for r in reports.got if not r.ok] == []
-        wait_until(lambda: all(len(c.seen) == n for c in slow), timeout=30,
-                   what="every fanout on every server")
-        assert all(sorted(c.seen) == list(range(n)) for c in slow)  # each exactly once
+        yield cluster
+
+
+def test_a_full_server_gets_what_it_refused_again_each_exactly_once(
+        full_cluster: Cluster, slow: list[Counter]) -> None:
+    n, cluster = FLOOD, full_cluster
+    reports = Reports()
+    client = cluster.client(Target(topic="compute", fanout=True), DIRECT,
+                            fanout_reports=reports)
+    for i in range(n):
+        assert client.cast({}, "update", n=i) is None
+    wait_until(lambda: len(reports.got) == n, timeout=30, what="every report")
+    assert [r for r in reports.got if not r.ok] == []
+    wait_until(lambda: all(len(c.seen) == n for c in slow), timeout=30,
+               what="every fanout on every server")
+    assert all(sorted(c.seen) == list(range(n)) for c in slow)  # each exactly once
 
 
 def test_close_waits_for_what_was_sent(cluster: Cluster, counters: list[Counter]) -> None:
@@ -134,20 +147,15 @@ async def test_asyncio_twin_returns_once_queued_and_reports_later(
                what="every live server got every fanout, once")
 
 
-async def test_asyncio_twin_resends_what_a_full_server_refused() -> None:
-    n = 6 * detached.WINDOW
-    slow = [Counter(delay=0.0005), Counter(delay=0.0005)]
-    with Cluster() as cluster:
-        for i, counter in enumerate(slow):
-            cluster.serve(Target(topic="compute", server=f"s{i}"), [counter],
-                          limits=Limits(per_connection=2 * detached.WINDOW, threads=2,
-                                        queue=4 * detached.WINDOW))
-        reports = Reports()
-        client = cluster.async_client(Target(topic="compute", fanout=True), DIRECT,
-                                      fanout_reports=reports)
-        for i in range(n):
-            await client.cast({}, "update", n=i)
-        await client.close()
-        assert len(reports.got) == n and all(r.ok for r in reports.got)
-        wait_until(lambda: all(sorted(c.seen) == list(range(n)) for c in slow), timeout=30,
-                   what="every fanout on every server, once")
+async def test_asyncio_twin_resends_what_a_full_server_refused(
+        full_cluster: Cluster, slow: list[Counter]) -> None:
+    n, cluster = FLOOD, full_cluster
+    reports = Reports()
+    client = cluster.async_client(Target(topic="compute", fanout=True), DIRECT,
+                                  fanout_reports=reports)
+    for i in range(n):
+        await client.cast({}, "update", n=i)
+    await client.close()
+    assert len(reports.got) == n and all(r.ok for r in reports.got)
+    wait_until(lambda: all(sorted(c.seen) == list(range(n)) for c in slow), timeout=30,
+               what="every fanout on every server, once")

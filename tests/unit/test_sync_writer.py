@@ -10,13 +10,13 @@ import pytest
 
 from grpcrpc.envelope import Envelope
 from grpcrpc.generated.v1 import transport_pb2 as tpb
-from grpcrpc.transport import sync
+from grpcrpc.transport import _sync_stream as sync
 from grpcrpc.transport.batching import BATCH_BYTES, frame
 
 
 def _stream(waiting: int) -> Any:
     """A `_Stream` with `waiting` callers waiting for replies and nothing queued yet."""
-    stream = object.__new__(sync._Stream)
+    stream = object.__new__(sync.Stream)
     stream._queue = queue.SimpleQueue()
     stream._max_bytes = BATCH_BYTES
     stream._pending = {f"m{i}": object() for i in range(waiting)}
@@ -69,7 +69,7 @@ def test_a_full_batch_is_written_without_yielding(monkeypatch: pytest.MonkeyPatc
 def test_the_end_after_a_batch_stops_the_writer() -> None:
     stream = _stream(waiting=0)
     stream._queue.put((_env(0), "m0"))
-    stream._queue.put(sync._END)
+    stream._queue.put(sync.END)
     writes = stream._requests()
     assert next(writes) == frame([_env(0)])
     assert list(writes) == []
