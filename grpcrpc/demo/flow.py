@@ -144,10 +144,12 @@ class Demo:
         self.out.check(ok, f"{host} should have built vm-1")
         self.traces.append((trace_id, "build vm-1 in az1 (steps 3 and 4)", 5))
 
-    def select_destinations(self, scheduler: RPCClient) -> list[dict[str, str]]:
-        """The az1 scheduler's choice. It picks from its own etcd watch of the computes, which
-        may not list a compute that registered a moment ago yet (a process that is still
-        starting on a busy machine): then say so and ask again, for a few seconds."""
+    def select_destinations(self, scheduler: RPCClient, az: str = "az1"
+                            ) -> list[dict[str, str]]:
+        """The choice of `az`'s scheduler (`scheduler` sends there). It picks from its own etcd
+        watch of the computes, which may not list a compute that registered a moment ago yet (a
+        process that is still starting on a busy machine): then say so and ask again, for a few
+        seconds."""
         dests: list[dict[str, str]] = []
 
         def chosen() -> bool:
@@ -156,16 +158,16 @@ class Demo:
                                           spec={"flavor": "m1.small", "vcpus": 1})
                 return True
             except RemoteError as err:
-                if err.exc_type != "NoValidHost" or not self.live("az1", "compute"):
+                if err.exc_type != "NoValidHost" or not self.live(az, "compute"):
                     raise
-            self.out.line("the scheduler's table had no compute of az1 yet (its etcd watch had "
-                          "not caught up): asking again")
+            self.out.line(f"the scheduler's table had no compute of {az} yet (its etcd watch "
+                          f"had not caught up): asking again")
             return False
 
         if not wait_until(chosen, 5.0, 0.1):
-            schedulers = self.live("az1", "scheduler")
+            schedulers = self.live(az, "scheduler")
             tail = schedulers[0].log_tail() if schedulers else "(no scheduler running)"
-            raise StepFailed(f"the az1 scheduler still lists no compute 5 s after they "
+            raise StepFailed(f"the {az} scheduler still lists no compute 5 s after they "
                              f"registered; its log ends with:\n{tail}")
         return dests
 
@@ -200,8 +202,7 @@ class Demo:
                       "prepare(az='az2'), then a cast to the compute it chose")
         scheduler, compute = self.client("scheduler"), self.client("compute")
         with conductor_span("conductor build_instances vm-2 (az2)") as trace_id:
-            [dest] = scheduler.prepare(az="az2").call(self.ctxt, "select_destinations",
-                                                      spec={"flavor": "m1.small", "vcpus": 1})
+            [dest] = self.select_destinations(scheduler.prepare(az="az2"), "az2")
             compute.prepare(az="az2", server=dest["host"]).cast(
                 self.ctxt, "build_and_run_instance", instance="vm-2", flavor="m1.small")
         self.out.line(f"{dest['scheduler']} chose {dest['host']}; build_and_run_instance(vm-2) "
