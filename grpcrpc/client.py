@@ -82,6 +82,7 @@ class _ClientBase:
         retry: int | None,
         allowed_remote_exmods: Iterable[str],
         failure_mapper: FailureMapper | None = None,
+        fanout_reports: Callable[[FanoutReport], object] | None = None,
     ) -> None:
         if retry is not None and retry < 0:
             raise ValueError("retry must be >= 0 (or None for the transport's default)")
@@ -102,6 +103,7 @@ class _ClientBase:
         self.retry = retry
         self.allowed_remote_exmods = frozenset(allowed_remote_exmods)
         self.failure_mapper = failure_mapper
+        self.fanout_reports = fanout_reports
         self._wire_targets: dict[tuple[str, str], ev.WireTarget] = {}
         # Shared with prepared copies: off once a server that predates blobs refused blob args.
         self._blob_args = _BlobArgs()
@@ -112,6 +114,13 @@ class _ClientBase:
         new.__dict__.update(changes)
         new._wire_targets = {}
         return new
+
+    def _handed(self, report: FanoutReport) -> FanoutReport | None:
+        """A broadcaster's report: to `fanout_reports` when the client has one (then None)."""
+        if self.fanout_reports is None:
+            return report
+        self.fanout_reports(report)
+        return None
 
     def _wire_target(self, exchange: str, own_az: str) -> ev.WireTarget:
         """The envelope's target, built once per client (targets are immutable)."""
@@ -342,10 +351,9 @@ class RPCClient(_ClientBase):
         super().__init__(
             target, timeout=timeout, version_cap=version_cap, serializer=serializer,
             retry=retry, allowed_remote_exmods=allowed_remote_exmods,
-            failure_mapper=failure_mapper,
+            failure_mapper=failure_mapper, fanout_reports=fanout_reports,
         )
         self.transport, self._owns_transport = _transport_for(transport, SyncTransport, options)
-        self.fanout_reports = fanout_reports
         self._new_id = ev.id_factory()
 
     def call(self, ctxt: Any, method: str, **kwargs: Any) -> Any:
@@ -415,10 +423,7 @@ class RPCClient(_ClientBase):
                 except NoEndpoints as err:
                     self._check_fallback(err)
                 else:
-                    if on_report is None:
-                        return report
-                    on_report(report)
-                    return None
+                    return self._handed(report)
             if on_report is None:
                 return t.fanout(t.fanout_targets(self.target), msg_id, data, timeout, what)
             t.fanout_detached(t.fanout_targets(self.target), msg_id, data, timeout, what,
@@ -474,10 +479,9 @@ class AsyncRPCClient(_ClientBase):
         super().__init__(
             target, timeout=timeout, version_cap=version_cap, serializer=serializer,
             retry=retry, allowed_remote_exmods=allowed_remote_exmods,
-            failure_mapper=failure_mapper,
+            failure_mapper=failure_mapper, fanout_reports=fanout_reports,
         )
         self.transport, self._owns_transport = _transport_for(transport, AsyncTransport, options)
-        self.fanout_reports = fanout_reports
         self._new_id = ev.id_factory()
 
     async def call(self, ctxt: Any, method: str, **kwargs: Any) -> Any:
@@ -542,10 +546,7 @@ class AsyncRPCClient(_ClientBase):
                 except NoEndpoints as err:
                     self._check_fallback(err)
                 else:
-                    if on_report is None:
-                        return report
-                    on_report(report)
-                    return None
+                    return self._handed(report)
             endpoints = t.fanout_targets(self.target)
             if on_report is None:
                 return await t.fanout(endpoints, msg_id, data, timeout, what)
